@@ -1,0 +1,75 @@
+"""Choosing the served defaults on validation episodes, never on ``evaluation``.
+
+* The softmax temperature of each distance (temperature scaling, Guo et al.
+  2017): raw negative distances between 64-d embeddings are in the hundreds,
+  so an untempered softmax says 1.0 for nearly every query, right or wrong.
+* The fast-adaptation learning rate, picked from a grid for the default step
+  count by 5-shot validation accuracy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from metalearn.data import FewShotImages, to_model_input
+from metalearn.episodes import EpisodeSampler
+from metalearn.heads import FineTuneHead, LinearHead, as_head_input, prototype_init
+
+LEARNING_RATE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+
+
+@torch.no_grad()
+def embedded_episodes(backbone: torch.nn.Module, data: FewShotImages, episodes: int, shots: int,
+                      seed: int, ways: int = 5, queries: int = 15) -> list[tuple[torch.Tensor, ...]]:
+    """``(support, one-hot, queries, query labels)`` embeddings of validation episodes."""
+    backbone.eval()
+    sampler = EpisodeSampler(data, ways=ways, shots=shots, queries=queries, seed=seed)
+    out = []
+    for _ in range(episodes):
+        episode = sampler.sample()
+        embeddings = backbone(torch.from_numpy(to_model_input(np.concatenate([episode.support, episode.query]))))
+        support, query = embeddings[: len(episode.support)], embeddings[len(episode.support) :]
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), ways).float()
+        out.append((support, onehot, query, torch.from_numpy(episode.query_labels)))
+    return out
+
+
+def fit_temperature(episodes: list[tuple[torch.Tensor, ...]], cosine: bool) -> float:
+    """The T minimising validation NLL of the prototype head's ``softmax(logits / T)``."""
+    flag = torch.tensor(cosine)
+    logits, labels = [], []
+    for support, onehot, query, query_labels in episodes:
+        weight, bias = prototype_init(support, onehot, flag)
+        logits.append(as_head_input(query, flag) @ weight.T + bias)
+        labels.append(query_labels)
+    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
+    log_t = torch.zeros((), requires_grad=True)
+    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        nll = torch.nn.functional.cross_entropy(all_logits / log_t.exp(), all_labels)
+        nll.backward()
+        return nll
+
+    optimiser.step(closure)
+    return float(log_t.detach().exp())
+
+
+@torch.no_grad()
+def fit_learning_rate(episodes: list[tuple[torch.Tensor, ...]], temperature: float, steps: int, l2: float) -> float:
+    """The grid learning rate with the best validation accuracy after ``steps`` steps (ties: the smaller)."""
+    adapt, score = FineTuneHead(), LinearHead()
+    cosine, temperature_ = torch.tensor(False), torch.tensor(temperature)
+    best_rate, best_accuracy = LEARNING_RATE_GRID[0], -1.0
+    for rate in LEARNING_RATE_GRID:
+        correct = total = 0
+        for support, onehot, query, labels in episodes:
+            weight, bias = adapt(support, onehot, cosine, temperature_, torch.tensor(steps),
+                                 torch.tensor(rate), torch.tensor(l2))
+            probs = score(query, weight, bias, cosine, temperature_)
+            correct += int((probs.argmax(-1) == labels).sum())
+            total += len(labels)
+        if correct / total > best_accuracy:
+            best_rate, best_accuracy = rate, correct / total
+    return best_rate

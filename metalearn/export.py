@@ -1,0 +1,171 @@
+"""Export a trained backbone and its heads into a model repository.
+
+    python -m metalearn.export --checkpoint runs/omniglot-conv4/best.pt \\
+        --repository server/metalearn_server/bundled_models --name omniglot-conv4
+
+writes ``<repository>/<name>/<version>/`` (the next free integer version
+unless ``--version`` is given) holding
+
+* ``backbone.onnx``: images ``[N, 1, 28, 28]`` float32 → embeddings ``[N, D]``;
+* ``prototype_head.onnx``, ``finetune_head.onnx`` and ``linear_head.onnx``:
+  the heads of :mod:`metalearn.heads`;
+* ``config.json``: input spec, preprocessing, temperatures and the default
+  method, distance and adaptation, which the server reads;
+* ``MODEL_CARD.md``: how the model was trained and on what.
+
+Temperatures and the adaptation learning rate are fitted on the same
+validation alphabets training used for model selection.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from metalearn import calibration, data
+from metalearn.backbones import BACKBONES
+from metalearn.heads import FineTuneHead, LinearHead, PrototypeHead
+
+OPSET = 17
+DEFAULT_STEPS = 10
+DEFAULT_L2 = 0.0
+
+
+def next_version(model_dir: Path) -> str:
+    versions = [int(p.name) for p in model_dir.glob("*") if p.is_dir() and p.name.isdigit()]
+    return str(max(versions, default=0) + 1)
+
+
+def export_onnx(module: torch.nn.Module, args: tuple, path: Path, inputs: list[str], outputs: list[str],
+                dynamic_axes: dict) -> None:
+    """TorchScript-based export: the only exporter that turns a run-time loop count into an ONNX Loop."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter announces its deprecation
+        torch.onnx.export(module, args, str(path), input_names=inputs, output_names=outputs,
+                          dynamic_axes=dynamic_axes, opset_version=OPSET, dynamo=False)
+
+
+def script(module: torch.nn.Module) -> torch.jit.ScriptModule:
+    """TorchScript keeps the heads' step loop a loop (the exporter then writes ONNX ``Loop``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.script(module)
+
+
+def export_backbone(backbone: torch.nn.Module, path: Path) -> int:
+    """Write the backbone; return its embedding size."""
+    backbone.eval()
+    example = torch.zeros(2, 1, 28, 28)
+    export_onnx(backbone, (example,), path, ["images"], ["embeddings"],
+                {"images": {0: "items"}, "embeddings": {0: "items"}})
+    return int(backbone(example).shape[1])
+
+
+def export_heads(directory: Path, embedding_size: int) -> None:
+    """The three head graphs; sizes other than the embedding's are dynamic."""
+    support, onehot = torch.randn(6, embedding_size), torch.eye(3).repeat(2, 1)
+    cosine, temperature = torch.tensor(False), torch.tensor(1.0)
+    support_axes = {"support": {0: "support_items"}, "support_onehot": {0: "support_items", 1: "classes"},
+                    "weight": {0: "classes"}, "bias": {0: "classes"}}
+    export_onnx(script(PrototypeHead()), (support, onehot, cosine),
+                directory / "prototype_head.onnx", ["support", "support_onehot", "cosine"], ["weight", "bias"],
+                support_axes)
+    export_onnx(script(FineTuneHead()),
+                (support, onehot, cosine, temperature, torch.tensor(2), torch.tensor(0.1), torch.tensor(0.0)),
+                directory / "finetune_head.onnx",
+                ["support", "support_onehot", "cosine", "temperature", "steps", "learning_rate", "l2"],
+                ["weight", "bias"], support_axes)
+    weight, bias = PrototypeHead()(support, onehot, cosine)
+    export_onnx(script(LinearHead()), (torch.randn(4, embedding_size), weight, bias, cosine, temperature),
+                directory / "linear_head.onnx", ["queries", "weight", "bias", "cosine", "temperature"],
+                ["probabilities"], {"queries": {0: "query_items"}, "weight": {0: "classes"}, "bias": {0: "classes"},
+                                    "probabilities": {0: "query_items", 1: "classes"}})
+
+
+def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str) -> str:
+    summary = checkpoint.get("summary", {})
+    train_config = checkpoint["config"]
+    lines = [
+        f"# {name} version {version}",
+        "",
+        "Few-shot embedding model for handwritten characters: a Conv-4 backbone meta-trained with",
+        f"{train_config['algorithm']} on Omniglot `background` (28×28, rotations as extra classes).",
+        "It embeds 28×28 grayscale images (strokes light on dark after preprocessing); the service",
+        "classifies queries against any support set by prototypes or by fast adaptation of a linear head.",
+        "",
+        "## Training",
+        f"- data: `omniglot28_background.npz`, sha256 `{data_sha}`; {train_config['val_alphabets']} alphabets",
+        "  held out for validation; `evaluation` never read in training.",
+        f"- hyper-parameters: `{json.dumps(train_config, sort_keys=True)}`",
+        f"- best validation 5-way 1-shot accuracy: {summary.get('best_val_5way_1shot', float('nan')):.4f}",
+        f"- training time: {summary.get('train_seconds', float('nan')):.0f} s on {torch.get_num_threads()} CPU threads",
+        "",
+        "## Served defaults (fitted on validation episodes)",
+        f"- temperatures: `{json.dumps(config['temperature'])}`",
+        f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
+        f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export(checkpoint_path: Path, repository: Path, name: str, version: str | None = None,
+           data_directory: str | None = None) -> Path:
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    train_config = checkpoint["config"]
+    backbone = BACKBONES[train_config["backbone"]]()
+    backbone.load_state_dict(checkpoint["backbone"])
+    backbone.eval()
+
+    directory = repository / name / (version or next_version(repository / name))
+    directory.mkdir(parents=True, exist_ok=False)
+    embedding_size = export_backbone(backbone, directory / "backbone.onnx")
+    export_heads(directory, embedding_size)
+
+    _, val_data = data.split_by_alphabet(data.load_split("background", data_directory),
+                                         train_config["val_alphabets"], train_config["seed"])
+    one_shot = calibration.embedded_episodes(backbone, val_data, 200, shots=1, seed=1)
+    five_shot = calibration.embedded_episodes(backbone, val_data, 200, shots=5, seed=2)
+    temperature = {
+        "euclidean": calibration.fit_temperature(one_shot + five_shot, cosine=False),
+        "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True),
+    }
+    learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
+    config = {
+        "backbone": "backbone.onnx",
+        "heads": {"prototype": "prototype_head.onnx", "finetune": "finetune_head.onnx", "linear": "linear_head.onnx"},
+        "input": {"name": "images", "dtype": "float32", "shape": [1, 28, 28]},
+        "embedding_size": embedding_size,
+        "preprocessing": {
+            "color_mode": "L", "width": 28, "height": 28, "invert": True,
+            "mean": data.PIXEL_MEAN, "std": data.PIXEL_STD,
+        },
+        "temperature": temperature,
+        "defaults": {
+            "method": "prototype",
+            "distance": "euclidean",
+            "adaptation": {"steps": DEFAULT_STEPS, "learning_rate": learning_rate, "l2": DEFAULT_L2},
+        },
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    card = model_card(name, directory.name, checkpoint, config, data.file_sha256("background", data_directory))
+    (directory / "MODEL_CARD.md").write_text(card)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    parser.add_argument("--name", default="omniglot-conv4")
+    parser.add_argument("--version", help="default: one above the highest version present")
+    parser.add_argument("--data", help="Omniglot folder (default: $METALEARN_DATA or ../shared/data/omniglot)")
+    args = parser.parse_args(argv)
+    print(export(args.checkpoint, args.repository, args.name, args.version, args.data))
+
+
+if __name__ == "__main__":
+    main()
