@@ -1,0 +1,3 @@
+from metalearn_server.app import main
+
+main()

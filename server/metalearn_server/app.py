@@ -1,0 +1,94 @@
+"""Assembles the server: repository → data plane → gRPC services, health, reflection, metrics.
+
+``metalearn-server --help`` lists the flags.  On SIGTERM or SIGINT, health
+turns NOT_SERVING first (so load balancers stop sending), then requests in
+flight get ``--grace-seconds`` to finish.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, model_pb2, model_pb2_grpc
+
+from metalearn_server import settings as settings_module
+from metalearn_server.dataplane import DataPlane
+from metalearn_server.execution.repository import ModelRepository
+from metalearn_server.execution.runtime import resolve_providers
+from metalearn_server.observability import logging as json_logging
+from metalearn_server.observability.metrics import Metrics
+from metalearn_server.scheduling.task_store import TaskStore
+from metalearn_server.settings import Settings
+from metalearn_server.transport.fewshot_servicer import FewShotServicer
+from metalearn_server.transport.interceptors import ServingInterceptor
+from metalearn_server.transport.model_servicer import ModelServicer
+
+log = logging.getLogger("metalearn_server")
+
+SERVICE_NAMES = (
+    fewshot_pb2.DESCRIPTOR.services_by_name["FewShotService"].full_name,
+    model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+)
+
+
+def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
+    providers = resolve_providers(settings.providers)
+    repository = ModelRepository(settings.model_repository, providers, settings.default_model,
+                                 settings.intra_op_threads)
+    for entry in repository.entries():
+        for model in entry.versions.values():
+            metrics.model_info.labels(model.name, model.version, model.providers[0]).set(1)
+    tasks = TaskStore(settings.max_tasks, settings.task_ttl_seconds, settings.max_task_ttl_seconds,
+                      on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
+    metrics.track_tasks(lambda: len(tasks))
+    return DataPlane(repository, tasks, metrics, settings.limits, settings.workers)
+
+
+async def serve(settings: Settings) -> None:
+    metrics = Metrics()
+    dataplane = build_dataplane(settings, metrics)
+    server = grpc.aio.server(
+        interceptors=[ServingInterceptor(metrics)],
+        options=[("grpc.max_receive_message_length", settings.max_message_bytes),
+                 ("grpc.max_send_message_length", settings.max_message_bytes)],
+    )
+    fewshot_pb2_grpc.add_FewShotServiceServicer_to_server(FewShotServicer(dataplane), server)
+    model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
+
+    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_port)
+    await server.start()
+    for name in ("", *SERVICE_NAMES):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving metalearn.v1 on port %d (metrics on port %d; models: %s)", port, settings.metrics_port,
+             ", ".join(e.name for e in dataplane.repository.entries()))
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down: health NOT_SERVING, %.1f s grace for requests in flight", settings.grace_seconds)
+    await health_servicer.enter_graceful_shutdown()
+    await server.stop(settings.grace_seconds)
+    dataplane.close()
+    log.info("stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    settings = settings_module.parse(argv)
+    json_logging.configure(settings.log_level)
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

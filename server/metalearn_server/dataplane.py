@@ -1,0 +1,136 @@
+"""The data plane: every RPC's work, independent of gRPC.
+
+request → validate → decode → embed → head → result.  Model work runs in a
+thread pool (ONNX Runtime releases the GIL), so the asyncio event loop that
+carries gRPC never blocks on a model.
+"""
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, TypeVar
+
+import numpy as np
+
+from metalearn_server import validation
+from metalearn_server.execution.model import FewShotModel, Head
+from metalearn_server.execution.preprocessing import decode_images
+from metalearn_server.execution.repository import ModelEntry, ModelRepository
+from metalearn_server.observability.metrics import Metrics, label_request
+from metalearn_server.requests import Classification, Items, SupportRequest
+from metalearn_server.scheduling.task_store import Task, TaskStore
+from metalearn_server.validation import Limits
+
+T = TypeVar("T")
+
+
+class DataPlane:
+    def __init__(self, repository: ModelRepository, tasks: TaskStore, metrics: Metrics,
+                 limits: Limits, workers: int) -> None:
+        self.repository, self.tasks, self.metrics, self.limits = repository, tasks, metrics, limits
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, work: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+
+    # -- models -------------------------------------------------------------------------
+    def model(self, name: str, version: str) -> FewShotModel:
+        model = self.repository.get(name, version)
+        label_request(model.name)
+        return model
+
+    def models(self) -> tuple[list[ModelEntry], str]:
+        return self.repository.entries(), self.repository.default_model
+
+    # -- the pipeline's steps, run in the executor ------------------------------------------
+    def _model_input(self, model: FewShotModel, items: Items, what: str) -> np.ndarray:
+        with self.metrics.stage("decode", model.name):
+            if items.tensor is None:
+                return decode_images(list(items.encoded_images), model.config.preprocessing, what)
+            return validation.model_input(items, model, what)
+
+    def _embed(self, model: FewShotModel, *batches: np.ndarray) -> list[np.ndarray]:
+        """Embed several batches in one backbone call, and split the result back."""
+        with self.metrics.stage("embed", model.name):
+            embeddings = model.embed(np.concatenate(batches) if len(batches) > 1 else batches[0])
+        return np.split(embeddings, np.cumsum([len(b) for b in batches])[:-1])
+
+    def _head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
+              method: str, distance: str, adaptation: validation.Adaptation) -> Head:
+        onehot = np.eye(classes, dtype=np.float32)[targets]
+        with self.metrics.stage("head", model.name):
+            return model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
+
+    def _score(self, model: FewShotModel, queries: np.ndarray, head: Head) -> np.ndarray:
+        with self.metrics.stage("head", model.name):
+            return model.score(queries, head)
+
+    # -- RPCs ---------------------------------------------------------------------------
+    def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, validation.Adaptation,
+                                                                     tuple[str, ...], np.ndarray]:
+        model = self.model(request.model, request.model_version)
+        method = validation.method(request.method, model)
+        label_request(model.name, method)
+        distance = validation.distance(request.distance, model)
+        adaptation = validation.adaptation(request.adaptation, model, self.limits)
+        validation.require_items(request.items, "support.items", self.limits.max_support_items)
+        classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
+        self.metrics.support_items.labels(rpc).observe(request.items.count)
+        return model, method, distance, adaptation, classes, targets
+
+    async def classify(self, request: SupportRequest, queries: Items, top_k: int) -> Classification:
+        model, method, distance, adaptation, classes, targets = self._resolve(request, "Classify")
+        validation.require_items(queries, "queries", self.limits.max_query_items)
+        top_k = validation.top_k(top_k, self.limits)
+        self.metrics.query_items.labels("Classify").observe(queries.count)
+
+        def work() -> np.ndarray:
+            support_input = self._model_input(model, request.items, "support.items")
+            query_input = self._model_input(model, queries, "queries")
+            support, query = self._embed(model, support_input, query_input)
+            head = self._head(model, support, targets, len(classes), method, distance, adaptation)
+            return self._score(model, query, head)
+
+        probabilities = await self._run(work)
+        return Classification(model.name, model.version, classes, probabilities, method, distance, top_k)
+
+    async def create_task(self, request: SupportRequest, ttl_seconds: int) -> Task:
+        model, method, distance, adaptation, classes, targets = self._resolve(request, "CreateTask")
+
+        def work() -> Head:
+            (support,) = self._embed(model, self._model_input(model, request.items, "support.items"))
+            return self._head(model, support, targets, len(classes), method, distance, adaptation)
+
+        head = await self._run(work)
+        return self.tasks.add(model, classes, head, method, distance, ttl_seconds)
+
+    async def classify_task(self, task_id: str, queries: Items, top_k: int, rpc: str) -> Classification:
+        task = self.tasks.get(task_id)
+        label_request(task.model.name, task.method)
+        validation.require_items(queries, "queries", self.limits.max_query_items)
+        top_k = validation.top_k(top_k, self.limits)
+        self.metrics.query_items.labels(rpc).observe(queries.count)
+
+        def work() -> np.ndarray:
+            (query,) = self._embed(task.model, self._model_input(task.model, queries, "queries"))
+            return self._score(task.model, query, task.head)
+
+        probabilities = await self._run(work)
+        return Classification(task.model.name, task.model.version, task.classes, probabilities,
+                              task.method, task.distance, top_k)
+
+    def delete_task(self, task_id: str) -> None:
+        self.tasks.delete(task_id)
+
+    async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
+        model = self.model(model_name, version)
+        validation.require_items(items, "items", self.limits.max_query_items)
+        self.metrics.query_items.labels("Embed").observe(items.count)
+
+        def work() -> np.ndarray:
+            return self._embed(model, self._model_input(model, items, "items"))[0]
+
+        return model, await self._run(work)

@@ -1,0 +1,88 @@
+"""One loaded model version: its ONNX Runtime sessions and the few-shot math around them.
+
+Everything here is computation on arrays that were already validated: embed a
+batch, build a head ``(W, b)`` from support embeddings (prototypes, or
+prototypes adapted by gradient steps), score queries with a head.  The graphs
+come from :mod:`metalearn.heads` by way of ONNX, so serving needs no torch and
+runs every step on the backbone's execution provider.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from metalearn_server.execution.model_config import ModelConfig
+from metalearn_server.execution.runtime import create_session
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """Resolved fast-adaptation settings (no field left to a default)."""
+
+    steps: int
+    learning_rate: float
+    l2: float
+
+
+@dataclass(frozen=True)
+class Head:
+    """A linear classifier over embeddings: ``softmax((z·Wᵀ + b) / T)``."""
+
+    weight: np.ndarray  # [classes, embedding_size]
+    bias: np.ndarray  # [classes]
+    cosine: bool
+    temperature: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.weight.nbytes + self.bias.nbytes
+
+
+class FewShotModel:
+    """Sessions for the backbone and heads of ``<repository>/<name>/<version>/``."""
+
+    def __init__(self, name: str, version: str, directory: Path, config: ModelConfig,
+                 providers: list[str], intra_op_threads: int = 0) -> None:
+        self.name, self.version, self.directory, self.config = name, version, directory, config
+        self.backbone = create_session(directory / config.backbone, providers, intra_op_threads)
+        self.prototype_head = create_session(directory / config.prototype_head, providers, 1)
+        self.finetune_head = create_session(directory / config.finetune_head, providers, 1)
+        self.linear_head = create_session(directory / config.linear_head, providers, 1)
+        model_card = directory / "MODEL_CARD.md"
+        self.model_card = model_card.read_text() if model_card.is_file() else ""
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers ONNX Runtime actually assigned, in order."""
+        return self.backbone.get_providers()
+
+    def embed(self, items: np.ndarray) -> np.ndarray:
+        """float32 ``[N, *input_shape]`` → embeddings ``[N, embedding_size]``."""
+        return self.backbone.run(None, {self.config.input_name: items})[0]
+
+    def build_head(self, support: np.ndarray, support_onehot: np.ndarray, distance: str,
+                   adaptation: Adaptation | None) -> Head:
+        """The prototype head, or with ``adaptation`` the fine-tuned one."""
+        cosine = distance == "cosine"
+        temperature = self.config.temperature[distance]
+        inputs = {"support": support, "support_onehot": support_onehot, "cosine": np.array(cosine)}
+        if adaptation is None:
+            weight, bias = self.prototype_head.run(None, inputs)
+        else:
+            weight, bias = self.finetune_head.run(None, {
+                **inputs,
+                "temperature": np.array(temperature, np.float32),
+                "steps": np.array(adaptation.steps, np.int64),
+                "learning_rate": np.array(adaptation.learning_rate, np.float32),
+                "l2": np.array(adaptation.l2, np.float32),
+            })
+        return Head(weight=weight, bias=bias, cosine=cosine, temperature=temperature)
+
+    def score(self, queries: np.ndarray, head: Head) -> np.ndarray:
+        """Class probabilities ``[Q, classes]`` of query embeddings under ``head``."""
+        return self.linear_head.run(None, {
+            "queries": queries, "weight": head.weight, "bias": head.bias,
+            "cosine": np.array(head.cosine), "temperature": np.array(head.temperature, np.float32),
+        })[0]

@@ -1,0 +1,134 @@
+"""The ``config.json`` beside each model version: what the server needs to serve it.
+
+It is the contract between :mod:`metalearn.export` (which writes it) and the
+server (which reads it), in the spirit of Triton's ``config.pbtxt``.  Parsing
+is strict: a missing or mistyped field refuses the model at load time with a
+message naming the field, instead of failing a request later.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+METHODS = ("prototype", "finetune")
+DISTANCES = ("euclidean", "cosine")
+INPUT_DTYPES = ("float32",)
+
+
+class ConfigError(ValueError):
+    """A model folder whose config cannot be served."""
+
+
+def _field(section: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in section:
+        raise ConfigError(f"{where}: missing '{key}'")
+    value = section[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise ConfigError(f"{where}.{key}: expected a number, got {value!r}")
+    if not isinstance(value, kind):
+        raise ConfigError(f"{where}.{key}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an encoded image becomes model input: convert, resize, invert, normalise."""
+
+    color_mode: str
+    width: int
+    height: int
+    invert: bool
+    mean: float
+    std: float
+
+
+@dataclass(frozen=True)
+class AdaptationDefaults:
+    steps: int
+    learning_rate: float
+    l2: float
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str
+    prototype_head: str
+    finetune_head: str
+    linear_head: str
+    input_name: str
+    input_dtype: str
+    input_shape: tuple[int, ...]  # one item, without the item count
+    embedding_size: int
+    preprocessing: Preprocessing
+    temperature: dict[str, float]
+    default_method: str
+    default_distance: str
+    default_adaptation: AdaptationDefaults
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "ModelConfig":
+        if not isinstance(raw, dict):
+            raise ConfigError("config: expected a JSON object")
+        heads = _field(raw, "heads", dict, "config")
+        spec = _field(raw, "input", dict, "config")
+        pre = _field(raw, "preprocessing", dict, "config")
+        temps = _field(raw, "temperature", dict, "config")
+        defaults = _field(raw, "defaults", dict, "config")
+        adapt = _field(defaults, "adaptation", dict, "defaults")
+        shape = tuple(_field(spec, "shape", list, "input"))
+        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+            raise ConfigError(f"input.shape: expected positive integers, got {list(shape)}")
+        dtype = _field(spec, "dtype", str, "input")
+        if dtype not in INPUT_DTYPES:
+            raise ConfigError(f"input.dtype: {dtype!r} is not one of {INPUT_DTYPES}")
+        temperature = {d: float(_field(temps, d, (int, float), "temperature")) for d in DISTANCES}
+        if not all(t > 0 and math.isfinite(t) for t in temperature.values()):
+            raise ConfigError(f"temperature: must be positive, got {temperature}")
+        config = cls(
+            backbone=_field(raw, "backbone", str, "config"),
+            prototype_head=_field(heads, "prototype", str, "heads"),
+            finetune_head=_field(heads, "finetune", str, "heads"),
+            linear_head=_field(heads, "linear", str, "heads"),
+            input_name=_field(spec, "name", str, "input"),
+            input_dtype=dtype,
+            input_shape=shape,
+            embedding_size=_field(raw, "embedding_size", int, "config"),
+            preprocessing=Preprocessing(
+                color_mode=_field(pre, "color_mode", str, "preprocessing"),
+                width=_field(pre, "width", int, "preprocessing"),
+                height=_field(pre, "height", int, "preprocessing"),
+                invert=_field(pre, "invert", bool, "preprocessing"),
+                mean=float(_field(pre, "mean", (int, float), "preprocessing")),
+                std=float(_field(pre, "std", (int, float), "preprocessing")),
+            ),
+            temperature=temperature,
+            default_method=_field(defaults, "method", str, "defaults"),
+            default_distance=_field(defaults, "distance", str, "defaults"),
+            default_adaptation=AdaptationDefaults(
+                steps=_field(adapt, "steps", int, "defaults.adaptation"),
+                learning_rate=float(_field(adapt, "learning_rate", (int, float), "defaults.adaptation")),
+                l2=float(_field(adapt, "l2", (int, float), "defaults.adaptation")),
+            ),
+        )
+        if config.default_method not in METHODS:
+            raise ConfigError(f"defaults.method: {config.default_method!r} is not one of {METHODS}")
+        if config.default_distance not in DISTANCES:
+            raise ConfigError(f"defaults.distance: {config.default_distance!r} is not one of {DISTANCES}")
+        if config.preprocessing.color_mode != "L" or shape[0] != 1 or shape[1:] != (config.preprocessing.height, config.preprocessing.width):
+            raise ConfigError("preprocessing: only grayscale ('L') images matching input.shape [1, height, width] are supported")
+        if config.preprocessing.std <= 0:
+            raise ConfigError("preprocessing.std: must be positive")
+        return config
+
+    @classmethod
+    def load(cls, path: Path) -> "ModelConfig":
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path.name} is missing") from None
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path.name} is not valid JSON: {error}") from None
+        return cls.from_dict(raw)

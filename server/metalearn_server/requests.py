@@ -1,0 +1,58 @@
+"""What the transport hands to the data plane: requests as plain Python values.
+
+The gRPC servicers translate protobuf messages into these (and results back),
+so the data plane and everything below it know nothing of the wire format.
+An empty string means "the model's default" wherever a name is optional.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Items:
+    """A batch of items: a decoded tensor, or encoded image files (exactly one is set)."""
+
+    tensor: np.ndarray | None = None
+    encoded_images: tuple[bytes, ...] = ()
+
+    @property
+    def count(self) -> int:
+        return len(self.tensor) if self.tensor is not None else len(self.encoded_images)
+
+
+@dataclass(frozen=True)
+class AdaptationRequest:
+    """Fast-adaptation settings as asked; ``None`` takes the model's default."""
+
+    steps: int | None = None
+    learning_rate: float | None = None
+    l2: float | None = None
+
+
+@dataclass(frozen=True)
+class SupportRequest:
+    """The episode settings shared by Classify and CreateTask."""
+
+    model: str
+    model_version: str
+    items: Items
+    labels: tuple[str, ...]
+    method: str = ""  # "", "prototype" or "finetune"
+    distance: str = ""  # "", "euclidean" or "cosine"
+    adaptation: AdaptationRequest = field(default_factory=AdaptationRequest)
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Probabilities ``[queries, classes]`` with the classes in support order."""
+
+    model: str
+    model_version: str
+    classes: tuple[str, ...]
+    probabilities: np.ndarray
+    method: str
+    distance: str
+    top_k: int

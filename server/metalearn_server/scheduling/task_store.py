@@ -1,0 +1,101 @@
+"""Registered tasks: a support set embedded (and adapted) once, then queried many times.
+
+The store is bounded by count and expires tasks after their time to live;
+past the bound the least recently used task is evicted.  A task that is gone
+gives ``NOT_FOUND`` with a message that says why, if the store still knows.
+"""
+from __future__ import annotations
+
+import heapq
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
+
+from metalearn_server.errors import InvalidArgument, NotFound
+from metalearn_server.execution.model import FewShotModel, Head
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    model: FewShotModel
+    classes: tuple[str, ...]
+    head: Head
+    method: str
+    distance: str
+    expires_at: float  # time.time() seconds
+
+
+class TaskStore:
+    """In-process task store with TTL and LRU eviction.
+
+    ``on_evict`` is told the reason ("expired" or "capacity") of each task
+    dropped, for the metrics.  Not thread-safe: it lives on the event loop.
+    """
+
+    def __init__(self, max_tasks: int, default_ttl: float, max_ttl: float,
+                 clock: Callable[[], float] = time.time,
+                 on_evict: Callable[[str], None] = lambda reason: None) -> None:
+        self.max_tasks, self.default_ttl, self.max_ttl = max_tasks, default_ttl, max_ttl
+        self.clock, self.on_evict = clock, on_evict
+        self._tasks: OrderedDict[str, Task] = OrderedDict()  # least recently used first
+        self._deadlines: list[tuple[float, str]] = []  # heap of (expires_at, task_id)
+        # Ids of recently dropped tasks, to tell "expired" from "never existed".
+        self._gone: OrderedDict[str, str] = OrderedDict()
+
+    def __len__(self) -> int:
+        self._expire()
+        return len(self._tasks)
+
+    def ttl(self, requested_seconds: int) -> float:
+        return min(float(requested_seconds), self.max_ttl) if requested_seconds else self.default_ttl
+
+    def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
+            ttl_seconds: int) -> Task:
+        self._expire()
+        while len(self._tasks) >= self.max_tasks:
+            self._drop(next(iter(self._tasks)), "capacity")
+        task = Task(
+            task_id=secrets.token_urlsafe(16), model=model, classes=classes, head=head, method=method,
+            distance=distance, expires_at=self.clock() + self.ttl(ttl_seconds),
+        )
+        self._tasks[task.task_id] = task
+        heapq.heappush(self._deadlines, (task.expires_at, task.task_id))
+        return task
+
+    def get(self, task_id: str) -> Task:
+        if not task_id:
+            raise InvalidArgument("task_id is empty; pass the task_id that CreateTask returned")
+        self._expire()
+        task = self._tasks.get(task_id)
+        if task is None:
+            reason = self._gone.get(task_id)
+            why = {"expired": "it expired", "capacity": "it was evicted to make room for newer tasks",
+                   "deleted": "it was deleted"}.get(reason, "no such task was created on this server")
+            raise NotFound(f"task {task_id!r} is not available: {why}; create it again with CreateTask")
+        self._tasks.move_to_end(task_id)
+        return task
+
+    def delete(self, task_id: str) -> None:
+        self.get(task_id)
+        self._drop(task_id, "deleted")
+
+    def _expire(self) -> None:
+        now = self.clock()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, task_id = heapq.heappop(self._deadlines)
+            if task_id in self._tasks:
+                self._drop(task_id, "expired")
+
+    def _drop(self, task_id: str, reason: str) -> None:
+        del self._tasks[task_id]  # its heap entry is skipped when it comes due
+        self._gone[task_id] = reason
+        while len(self._gone) > 4 * self.max_tasks:
+            self._gone.popitem(last=False)
+        if len(self._deadlines) > 4 * self.max_tasks:  # compact the heap's stale entries
+            self._deadlines = [(t.expires_at, t.task_id) for t in self._tasks.values()]
+            heapq.heapify(self._deadlines)
+        if reason != "deleted":
+            self.on_evict(reason)

@@ -1,0 +1,93 @@
+"""Server settings: command-line flags, each also readable from an environment variable.
+
+A flag ``--metrics-port`` reads ``METALEARN_METRICS_PORT`` when not given;
+the flag wins over the variable, the variable over the default.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from metalearn_server.execution.repository import BUNDLED_REPOSITORY
+from metalearn_server.execution.runtime import DEFAULT_PREFERENCE
+from metalearn_server.validation import Limits
+
+ENV_PREFIX = "METALEARN_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    host: str = "[::]"
+    port: int = 50051
+    metrics_port: int = 9090
+    model_repository: Path = BUNDLED_REPOSITORY
+    default_model: str = ""
+    providers: tuple[str, ...] = DEFAULT_PREFERENCE
+    workers: int = 4
+    intra_op_threads: int = 0
+    max_message_bytes: int = 64 * 1024 * 1024
+    max_tasks: int = 10_000
+    task_ttl_seconds: float = 3600.0
+    max_task_ttl_seconds: float = 86_400.0
+    grace_seconds: float = 10.0
+    log_level: str = "INFO"
+    limits: Limits = Limits()
+
+
+HELP = {
+    "host": "address to listen on for gRPC",
+    "port": "gRPC port (0: pick a free one and log it)",
+    "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint)",
+    "model_repository": "model repository folder holding <name>/<version>/config.json; the default is the bundled one",
+    "default_model": "model used when a request names none; empty: the first by name",
+    "providers": "ONNX Runtime execution providers in order of preference, comma-separated; "
+                 "missing ones are skipped, CPUExecutionProvider always closes the list",
+    "workers": "threads running models concurrently",
+    "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
+    "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
+    "max_tasks": "tasks kept at once; the least recently used is evicted beyond it",
+    "task_ttl_seconds": "time to live of a task whose request sets none",
+    "max_task_ttl_seconds": "longest time to live a request may ask for",
+    "grace_seconds": "on SIGTERM/SIGINT, time given to requests in flight before they are cancelled",
+    "log_level": "DEBUG, INFO, WARNING or ERROR",
+}
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def _providers(text: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _add_flag(parser: argparse.ArgumentParser, name: str, default: object, help_text: str) -> None:
+    """One flag whose default comes from its environment variable when that is set."""
+    kind = _providers if name == "providers" else Path if isinstance(default, Path) else type(default)
+    if name == "providers":
+        default = ",".join(default)  # argparse converts string defaults with `type`, and shows them readably
+    env_value = os.environ.get(_env_name(name))
+    parser.add_argument(f"--{name.replace('_', '-')}", type=kind, metavar=name.upper(),
+                        default=kind(env_value) if env_value is not None else default,
+                        help=f"{help_text} [env {_env_name(name)}]")
+
+
+def parse(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(
+        prog="metalearn-server",
+        description="Serve few-shot classification (metalearn.v1) over gRPC from an ONNX model repository.",
+        epilog="Every flag can also be set by the environment variable METALEARN_<FLAG> "
+               "(e.g. METALEARN_METRICS_PORT=9100); a flag given on the command line wins.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    defaults, limits = Settings(), Limits()
+    for item in fields(Settings):
+        if item.name != "limits":
+            _add_flag(parser, item.name, getattr(defaults, item.name), HELP[item.name])
+    for item in fields(Limits):
+        _add_flag(parser, item.name, getattr(limits, item.name), "per-request limit")
+    args = vars(parser.parse_args(argv))
+    return Settings(**{k: v for k, v in args.items() if not hasattr(limits, k)},
+                    limits=Limits(**{f.name: args[f.name] for f in fields(Limits)}))

@@ -1,0 +1,97 @@
+"""Protobuf messages ↔ the data plane's plain values.
+
+Tensors arrive as raw little-endian bytes and become NumPy arrays with
+``np.frombuffer``: no per-element copy, unlike ``repeated float``.  Only wire
+checks live here (a dtype is set, the byte count matches the shape); what a
+model accepts is the data plane's business.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from metalearn.v1 import fewshot_pb2, tensor_pb2
+
+from metalearn_server.errors import InvalidArgument
+from metalearn_server.requests import AdaptationRequest, Classification, Items, SupportRequest
+
+DTYPES = {
+    tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+    tensor_pb2.DATA_TYPE_FLOAT16: np.dtype("<f2"),
+    tensor_pb2.DATA_TYPE_FLOAT64: np.dtype("<f8"),
+    tensor_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
+}
+METHODS = {fewshot_pb2.METHOD_UNSPECIFIED: "", fewshot_pb2.METHOD_PROTOTYPE: "prototype",
+           fewshot_pb2.METHOD_FINETUNE: "finetune"}
+DISTANCES = {fewshot_pb2.DISTANCE_UNSPECIFIED: "", fewshot_pb2.DISTANCE_EUCLIDEAN: "euclidean",
+             fewshot_pb2.DISTANCE_COSINE: "cosine"}
+METHOD_ENUMS = {name: value for value, name in METHODS.items() if name}
+DISTANCE_ENUMS = {name: value for value, name in DISTANCES.items() if name}
+
+
+def tensor_to_array(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
+    """A read-only view of the tensor's bytes, shaped."""
+    dtype = DTYPES.get(tensor.dtype)
+    if dtype is None:
+        raise InvalidArgument(f"{what}.dtype is {tensor_pb2.DataType.Name(tensor.dtype) if tensor.dtype in tensor_pb2.DataType.values() else tensor.dtype}; "
+                              "set it, e.g. DATA_TYPE_FLOAT32")
+    shape = tuple(tensor.shape)
+    if len(shape) < 2 or any(d <= 0 for d in shape):
+        raise InvalidArgument(f"{what}.shape is {list(shape)}; give the item count first, then the item's "
+                              "dimensions, all positive (e.g. [N, 1, 28, 28])")
+    expected = math.prod(shape) * dtype.itemsize
+    if len(tensor.data) != expected:
+        raise InvalidArgument(f"{what}.data has {len(tensor.data)} bytes; shape {list(shape)} of {dtype.name} "
+                              f"needs {expected} (row-major, little-endian)")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+
+
+def items_from_proto(items: tensor_pb2.Items, what: str) -> Items:
+    has_tensor = items.HasField("tensor")
+    if has_tensor and items.encoded_images:
+        raise InvalidArgument(f"{what} sets both tensor and encoded_images; send one of them")
+    if has_tensor:
+        return Items(tensor=tensor_to_array(items.tensor, f"{what}.tensor"))
+    return Items(encoded_images=tuple(items.encoded_images))
+
+
+def array_to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=array.shape, data=array.tobytes())
+
+
+def enum_value(mapping: dict[int, str], value: int, field: str) -> str:
+    if value not in mapping:
+        raise InvalidArgument(f"{field} has the unknown value {value}; use one of the enum's named values")
+    return mapping[value]
+
+
+def support_request(message: fewshot_pb2.ClassifyRequest | fewshot_pb2.CreateTaskRequest) -> SupportRequest:
+    adaptation = message.adaptation
+    return SupportRequest(
+        model=message.model,
+        model_version=message.model_version,
+        items=items_from_proto(message.support.items, "support.items"),
+        labels=tuple(message.support.labels),
+        method=enum_value(METHODS, message.method, "method"),
+        distance=enum_value(DISTANCES, message.distance, "distance"),
+        adaptation=AdaptationRequest(
+            steps=adaptation.steps if adaptation.HasField("steps") else None,
+            learning_rate=adaptation.learning_rate if adaptation.HasField("learning_rate") else None,
+            l2=adaptation.l2 if adaptation.HasField("l2") else None,
+        ),
+    )
+
+
+def predictions(result: Classification) -> list[fewshot_pb2.Prediction]:
+    """One Prediction per query: best label, scores aligned with the classes, top k."""
+    k = min(result.top_k, len(result.classes))
+    best = np.argsort(-result.probabilities, axis=1, kind="stable")[:, :k]
+    out = []
+    for scores, ranked in zip(result.probabilities.tolist(), best.tolist()):
+        out.append(fewshot_pb2.Prediction(
+            label=result.classes[ranked[0]],
+            scores=scores,
+            top_k=[fewshot_pb2.ScoredLabel(label=result.classes[i], score=scores[i]) for i in ranked],
+        ))
+    return out

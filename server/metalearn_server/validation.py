@@ -1,0 +1,116 @@
+"""Checks that turn a bad request into a message the caller can act on.
+
+Everything here runs before any model work, so a malformed request costs
+almost nothing and never reaches ONNX Runtime.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from metalearn_server.errors import InvalidArgument
+from metalearn_server.execution.model import Adaptation, FewShotModel
+from metalearn_server.execution.model_config import DISTANCES, METHODS
+from metalearn_server.requests import AdaptationRequest, Items
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-request bounds; the server flags set them (``--help`` lists the defaults)."""
+
+    max_support_items: int = 2048
+    max_query_items: int = 4096
+    max_classes: int = 512
+    max_label_length: int = 256
+    max_adaptation_steps: int = 100
+    max_learning_rate: float = 100.0
+    max_top_k: int = 512
+
+
+def require_items(items: Items, what: str, limit: int) -> None:
+    if items.tensor is None and not items.encoded_images:
+        raise InvalidArgument(f"{what} is empty: send at least one item as a tensor or as encoded_images")
+    if items.count > limit:
+        raise InvalidArgument(f"{what} has {items.count} items, more than the limit of {limit}; split the request")
+
+
+def model_input(items: Items, model: FewShotModel, what: str) -> np.ndarray:
+    """A tensor checked against the model's input spec (dtype, shape, finite values)."""
+    tensor = items.tensor
+    assert tensor is not None
+    spec = model.config
+    expected = (tensor.shape[0], *spec.input_shape)
+    if tensor.dtype != np.dtype(spec.input_dtype):
+        raise InvalidArgument(
+            f"{what}.tensor has dtype {tensor.dtype}, model {model.name} takes {spec.input_dtype} "
+            f"of shape [N, {', '.join(map(str, spec.input_shape))}] (see GetModel)"
+        )
+    if tensor.shape != expected:
+        raise InvalidArgument(
+            f"{what}.tensor has shape {list(tensor.shape)}, model {model.name} takes "
+            f"[N, {', '.join(map(str, spec.input_shape))}] (see GetModel's input and preprocessing)"
+        )
+    if not np.isfinite(tensor).all():
+        raise InvalidArgument(f"{what}.tensor contains NaN or infinite values; send finite numbers")
+    return tensor
+
+
+def class_index(labels: tuple[str, ...], item_count: int, limits: Limits) -> tuple[tuple[str, ...], np.ndarray]:
+    """Distinct labels in order of first appearance, and the class of each support item."""
+    if len(labels) != item_count:
+        raise InvalidArgument(
+            f"support has {item_count} items but {len(labels)} labels; give exactly one label per support item"
+        )
+    classes: dict[str, int] = {}
+    for position, label in enumerate(labels):
+        if not label:
+            raise InvalidArgument(f"support.labels[{position}] is empty; every support item needs a class label")
+        if len(label) > limits.max_label_length:
+            raise InvalidArgument(f"support.labels[{position}] is longer than {limits.max_label_length} characters")
+        classes.setdefault(label, len(classes))
+    if len(classes) < 2:
+        raise InvalidArgument(
+            f"support has a single class ({next(iter(classes))!r}); few-shot classification needs at least two"
+        )
+    if len(classes) > limits.max_classes:
+        raise InvalidArgument(f"support has {len(classes)} classes, more than the limit of {limits.max_classes}")
+    return tuple(classes), np.fromiter((classes[label] for label in labels), np.int64, len(labels))
+
+
+def method(requested: str, model: FewShotModel) -> str:
+    chosen = requested or model.config.default_method
+    if chosen not in METHODS:
+        raise InvalidArgument(f"unknown method {requested!r}; use one of {', '.join(METHODS)}")
+    return chosen
+
+
+def distance(requested: str, model: FewShotModel) -> str:
+    chosen = requested or model.config.default_distance
+    if chosen not in DISTANCES:
+        raise InvalidArgument(f"unknown distance {requested!r}; use one of {', '.join(DISTANCES)}")
+    return chosen
+
+
+def adaptation(requested: AdaptationRequest, model: FewShotModel, limits: Limits) -> Adaptation:
+    """The request's settings over the model's defaults, each checked against its range."""
+    defaults = model.config.default_adaptation
+    steps = defaults.steps if requested.steps is None else requested.steps
+    rate = defaults.learning_rate if requested.learning_rate is None else requested.learning_rate
+    l2 = defaults.l2 if requested.l2 is None else requested.l2
+    if not 0 <= steps <= limits.max_adaptation_steps:
+        raise InvalidArgument(f"adaptation.steps is {steps}; it must be between 0 and {limits.max_adaptation_steps}")
+    if not (math.isfinite(rate) and 0 < rate <= limits.max_learning_rate):
+        raise InvalidArgument(
+            f"adaptation.learning_rate is {rate}; it must be positive and at most {limits.max_learning_rate}"
+        )
+    if not (math.isfinite(l2) and l2 >= 0):
+        raise InvalidArgument(f"adaptation.l2 is {l2}; it must be a finite number >= 0")
+    return Adaptation(steps=steps, learning_rate=rate, l2=l2)
+
+
+def top_k(requested: int, limits: Limits) -> int:
+    if requested > limits.max_top_k:
+        raise InvalidArgument(f"top_k is {requested}; it must be at most {limits.max_top_k}")
+    return max(requested, 1)
