@@ -1,0 +1,5 @@
+"""Python client for the metalearn few-shot service.  Needs grpcio, protobuf and numpy only."""
+from metalearn_client.client import Classification, Client, Prediction, Task
+from metalearn_client.errors import MetalearnError
+
+__all__ = ["Classification", "Client", "MetalearnError", "Prediction", "Task"]

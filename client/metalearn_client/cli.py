@@ -1,0 +1,113 @@
+"""``metalearn``: classify image files from the command line.
+
+    metalearn classify --support letters/ learner1.png learner2.png
+    metalearn models
+    metalearn health
+
+``--support`` is a folder with one sub-folder per class, named by the class
+and holding that class's example images (PNG or JPEG): the layout a teacher
+or analyst already keeps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from metalearn_client.client import Client
+from metalearn_client.errors import MetalearnError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+
+
+def read_support_folder(folder: Path) -> tuple[list[Path], list[str]]:
+    """Image paths and their labels from ``folder/<label>/<image>``."""
+    if not folder.is_dir():
+        raise SystemExit(f"--support {folder} is not a folder")
+    paths, labels = [], []
+    for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
+            paths.append(image)
+            labels.append(class_dir.name)
+    if not paths:
+        raise SystemExit(f"--support {folder} has no <class>/<image>.png|.jpg files")
+    return paths, labels
+
+
+def classify(client: Client, args: argparse.Namespace) -> None:
+    paths, labels = read_support_folder(args.support)
+    result = client.classify(paths, labels, args.queries, model=args.model, version=args.model_version,
+                             method=args.method, distance=args.distance, steps=args.steps,
+                             learning_rate=args.learning_rate, top_k=args.top_k)
+    if args.json:
+        print(json.dumps({
+            "model": result.model, "model_version": result.model_version, "method": result.method,
+            "classes": result.classes,
+            "predictions": [{"query": str(path), "label": p.label, "scores": dict(zip(result.classes, p.scores.tolist()))}
+                            for path, p in zip(args.queries, result.predictions)],
+        }, indent=2))
+        return
+    for path, prediction in zip(args.queries, result.predictions):
+        ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
+        print(f"{path}\t{prediction.label}\t{ranked}")
+
+
+def models(client: Client, args: argparse.Namespace) -> None:
+    for summary in client.list_models():
+        detail = client.get_model(summary.name)
+        default = " (default)" if summary.is_default else ""
+        print(f"{summary.name}{default}\tversions {', '.join(summary.versions)}\t"
+              f"input {list(detail.input.shape)}\tembedding {detail.embedding_size}\t"
+              f"providers {', '.join(detail.execution_providers)}")
+
+
+def health(client: Client, args: argparse.Namespace) -> None:
+    status = client.health(args.service)
+    print(status)
+    if status != "SERVING":
+        raise SystemExit(1)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="metalearn", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root.add_argument("--target", default=os.environ.get("METALEARN_TARGET", "localhost:50051"),
+                      help="server address host:port [env METALEARN_TARGET] (default: %(default)s)")
+    root.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds (default: %(default)s)")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("classify", help="label query images against a support folder")
+    run.add_argument("--support", type=Path, required=True, help="folder of <class>/<image> files")
+    run.add_argument("queries", nargs="+", type=Path, help="query image files")
+    run.add_argument("--model", default="", help="model name (default: the server's default)")
+    run.add_argument("--model-version", default="", help="model version (default: the latest)")
+    run.add_argument("--method", choices=["prototype", "finetune"], help="default: the model's")
+    run.add_argument("--distance", choices=["euclidean", "cosine"], help="default: the model's")
+    run.add_argument("--steps", type=int, help="fast-adaptation steps (finetune)")
+    run.add_argument("--learning-rate", type=float, help="fast-adaptation learning rate (finetune)")
+    run.add_argument("--top-k", type=int, default=3, help="best classes shown per query (default: %(default)s)")
+    run.add_argument("--json", action="store_true", help="print JSON instead of one line per query")
+    run.set_defaults(handler=classify)
+
+    commands.add_parser("models", help="list the models served").set_defaults(handler=models)
+
+    check = commands.add_parser("health", help="SERVING or not; exit status 1 unless SERVING")
+    check.add_argument("--service", default="", help="a service name (default: the whole server)")
+    check.set_defaults(handler=health)
+    return root
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    try:
+        with Client(args.target, timeout=args.timeout) as client:
+            args.handler(client, args)
+    except MetalearnError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,181 @@
+"""A small, typed Python API over the metalearn.v1 gRPC services.
+
+    from metalearn_client import Client
+    with Client("localhost:50051") as client:
+        result = client.classify(support_images, support_labels, query_images)
+        print(result.labels)
+
+Arrays go over the wire as raw bytes; image files and bytes are sent encoded
+and preprocessed by the server.  Every call has a deadline (``timeout``) and
+a failure raises :class:`MetalearnError` carrying the gRPC status code.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, model_pb2, model_pb2_grpc
+
+from metalearn_client.errors import MetalearnError
+from metalearn_client.items import ItemsLike, from_tensor, to_items
+
+METHODS = {None: fewshot_pb2.METHOD_UNSPECIFIED, "prototype": fewshot_pb2.METHOD_PROTOTYPE,
+           "finetune": fewshot_pb2.METHOD_FINETUNE}
+DISTANCES = {None: fewshot_pb2.DISTANCE_UNSPECIFIED, "euclidean": fewshot_pb2.DISTANCE_EUCLIDEAN,
+             "cosine": fewshot_pb2.DISTANCE_COSINE}
+_METHOD_NAMES = {value: name for name, value in METHODS.items() if name}
+_DISTANCE_NAMES = {value: name for name, value in DISTANCES.items() if name}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: str
+    scores: np.ndarray  # probabilities aligned with Classification.classes
+    top_k: list[tuple[str, float]]
+
+
+@dataclass(frozen=True)
+class Classification:
+    classes: list[str]
+    predictions: list[Prediction]
+    model: str = ""
+    model_version: str = ""
+    method: str = ""
+    distance: str = ""
+
+    @property
+    def labels(self) -> list[str]:
+        return [p.label for p in self.predictions]
+
+    @property
+    def scores(self) -> np.ndarray:
+        """``[queries, classes]`` probabilities."""
+        return np.array([p.scores for p in self.predictions], dtype=np.float32).reshape(-1, len(self.classes))
+
+
+@dataclass(frozen=True)
+class Task:
+    task_id: str
+    classes: list[str]
+    expire_time: dt.datetime
+    model: str
+    model_version: str
+    method: str
+    distance: str
+
+
+def _predictions(messages: Iterable[fewshot_pb2.Prediction]) -> list[Prediction]:
+    return [Prediction(p.label, np.array(p.scores, dtype=np.float32), [(s.label, s.score) for s in p.top_k])
+            for p in messages]
+
+
+def _adaptation(steps: int | None, learning_rate: float | None, l2: float | None) -> fewshot_pb2.Adaptation:
+    fields = {"steps": steps, "learning_rate": learning_rate, "l2": l2}
+    return fewshot_pb2.Adaptation(**{k: v for k, v in fields.items() if v is not None})
+
+
+def _enum(mapping: dict, value: str | None, what: str) -> int:
+    if value not in mapping:
+        raise ValueError(f"unknown {what} {value!r}; use one of {[k for k in mapping if k]}")
+    return mapping[value]
+
+
+class Client:
+    """Connection to one metalearn server; use as a context manager or call :meth:`close`."""
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float = 30.0,
+                 max_message_bytes: int = 64 * 1024 * 1024, channel: grpc.Channel | None = None) -> None:
+        self.timeout = timeout
+        self._channel = channel or grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ])
+        self._fewshot = fewshot_pb2_grpc.FewShotServiceStub(self._channel)
+        self._models = model_pb2_grpc.ModelServiceStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, rpc: str, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout)
+        except grpc.RpcError as error:
+            raise MetalearnError.from_rpc_error(error, rpc) from None
+
+    def classify(self, support: ItemsLike, labels: Sequence[str], queries: ItemsLike, *, model: str = "",
+                 version: str = "", method: str | None = None, distance: str | None = None,
+                 steps: int | None = None, learning_rate: float | None = None, l2: float | None = None,
+                 top_k: int = 1, timeout: float | None = None) -> Classification:
+        """Label ``queries`` against a support set (one label per support item)."""
+        request = fewshot_pb2.ClassifyRequest(
+            model=model, model_version=version,
+            support=fewshot_pb2.SupportSet(items=to_items(support), labels=list(labels)),
+            queries=to_items(queries), method=_enum(METHODS, method, "method"),
+            adaptation=_adaptation(steps, learning_rate, l2), distance=_enum(DISTANCES, distance, "distance"),
+            top_k=top_k)
+        response = self._call("Classify", self._fewshot.Classify, request, timeout)
+        return Classification(list(response.classes), _predictions(response.predictions), response.model,
+                              response.model_version, _METHOD_NAMES.get(response.method, ""),
+                              _DISTANCE_NAMES.get(response.distance, ""))
+
+    def create_task(self, support: ItemsLike, labels: Sequence[str], *, model: str = "", version: str = "",
+                    method: str | None = None, distance: str | None = None, steps: int | None = None,
+                    learning_rate: float | None = None, l2: float | None = None, ttl_seconds: int = 0,
+                    timeout: float | None = None) -> Task:
+        """Register a support set once; classify against it with :meth:`classify_task` or :meth:`stream`."""
+        request = fewshot_pb2.CreateTaskRequest(
+            model=model, model_version=version,
+            support=fewshot_pb2.SupportSet(items=to_items(support), labels=list(labels)),
+            method=_enum(METHODS, method, "method"), adaptation=_adaptation(steps, learning_rate, l2),
+            distance=_enum(DISTANCES, distance, "distance"), ttl_seconds=ttl_seconds)
+        response = self._call("CreateTask", self._fewshot.CreateTask, request, timeout)
+        return Task(response.task_id, list(response.classes), response.expire_time.ToDatetime(dt.timezone.utc),
+                    response.model, response.model_version, _METHOD_NAMES.get(response.method, ""),
+                    _DISTANCE_NAMES.get(response.distance, ""))
+
+    def classify_task(self, task_id: str, queries: ItemsLike, *, top_k: int = 1,
+                      timeout: float | None = None) -> Classification:
+        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries), top_k=top_k)
+        response = self._call("ClassifyTask", self._fewshot.ClassifyTask, request, timeout)
+        return Classification(list(response.classes), _predictions(response.predictions))
+
+    def stream(self, task_id: str, batches: Iterable[ItemsLike], *, top_k: int = 1,
+               timeout: float | None = None) -> Iterator[Classification]:
+        """Classify batches of queries over one bidirectional stream; yields one result per batch."""
+        requests = (fewshot_pb2.StreamClassifyTaskRequest(task_id=task_id, queries=to_items(batch), top_k=top_k)
+                    for batch in batches)
+        try:
+            for response in self._fewshot.StreamClassifyTask(requests, timeout=timeout or self.timeout):
+                yield Classification(list(response.classes), _predictions(response.predictions))
+        except grpc.RpcError as error:
+            raise MetalearnError.from_rpc_error(error, "StreamClassifyTask") from None
+
+    def delete_task(self, task_id: str, *, timeout: float | None = None) -> None:
+        self._call("DeleteTask", self._fewshot.DeleteTask, fewshot_pb2.DeleteTaskRequest(task_id=task_id), timeout)
+
+    def embed(self, items: ItemsLike, *, model: str = "", version: str = "", timeout: float | None = None) -> np.ndarray:
+        """Backbone embeddings ``[N, embedding_size]``."""
+        request = fewshot_pb2.EmbedRequest(model=model, model_version=version, items=to_items(items))
+        return from_tensor(self._call("Embed", self._fewshot.Embed, request, timeout).embeddings)
+
+    def list_models(self, *, timeout: float | None = None) -> list[model_pb2.ModelSummary]:
+        return list(self._call("ListModels", self._models.ListModels, model_pb2.ListModelsRequest(), timeout).models)
+
+    def get_model(self, name: str = "", version: str = "", *, timeout: float | None = None) -> model_pb2.GetModelResponse:
+        return self._call("GetModel", self._models.GetModel, model_pb2.GetModelRequest(name=name, version=version), timeout)
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """``"SERVING"``, ``"NOT_SERVING"`` … for the server (``""``) or one service."""
+        response = self._call("Health.Check", self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)

@@ -1,0 +1,43 @@
+"""Building ``Items`` from what a caller has: NumPy arrays, image files or image bytes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+from metalearn.v1 import tensor_pb2
+
+#: An image file's path or its bytes.
+ImageSource = Union[str, os.PathLike, bytes]
+#: What the API accepts as a batch of items.
+ItemsLike = Union[np.ndarray, Sequence[ImageSource]]
+
+_DTYPES = {
+    np.dtype("float32"): tensor_pb2.DATA_TYPE_FLOAT32,
+    np.dtype("float16"): tensor_pb2.DATA_TYPE_FLOAT16,
+    np.dtype("float64"): tensor_pb2.DATA_TYPE_FLOAT64,
+    np.dtype("uint8"): tensor_pb2.DATA_TYPE_UINT8,
+}
+_NUMPY = {value: key for key, value in _DTYPES.items()}
+
+
+def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
+    """A NumPy array as raw little-endian bytes, first axis the item count."""
+    dtype = array.dtype.newbyteorder("=")
+    if dtype not in _DTYPES:
+        raise TypeError(f"arrays of dtype {array.dtype} cannot be sent; use float32")
+    data = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
+    return tensor_pb2.Tensor(dtype=_DTYPES[dtype], shape=array.shape, data=data)
+
+
+def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
+    return np.frombuffer(tensor.data, dtype=_NUMPY[tensor.dtype].newbyteorder("<")).reshape(tuple(tensor.shape))
+
+
+def to_items(items: ItemsLike) -> tensor_pb2.Items:
+    """An array becomes a tensor; a sequence of paths or bytes becomes encoded images."""
+    if isinstance(items, np.ndarray):
+        return tensor_pb2.Items(tensor=to_tensor(items))
+    encoded = [source if isinstance(source, bytes) else Path(source).read_bytes() for source in items]
+    return tensor_pb2.Items(encoded_images=encoded)
