@@ -1,0 +1,130 @@
+"""Every malformed request gets a precise status and a message that says what to fix,
+and the server goes on serving."""
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, model_pb2, model_pb2_grpc, tensor_pb2
+
+from helpers import as_tensor, start_server, stop_server
+from metalearn_client import Client
+from metalearn_client.items import to_tensor
+
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
+
+
+@pytest.fixture(scope="module")
+def stubs(server):
+    channel = grpc.insecure_channel(server.target)
+    yield fewshot_pb2_grpc.FewShotServiceStub(channel), model_pb2_grpc.ModelServiceStub(channel)
+    channel.close()
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(6, 1, 28, 28)).astype(np.float32)
+
+
+def items(array: np.ndarray) -> tensor_pb2.Items:
+    return tensor_pb2.Items(tensor=to_tensor(array))
+
+
+def good_request(images: np.ndarray) -> fewshot_pb2.ClassifyRequest:
+    return fewshot_pb2.ClassifyRequest(
+        support=fewshot_pb2.SupportSet(items=items(images[:4]), labels=["a", "b", "a", "b"]),
+        queries=items(images[4:]))
+
+
+def mutate(images, change) -> fewshot_pb2.ClassifyRequest:
+    request = good_request(images)
+    change(request, images)
+    return request
+
+
+def set_tensor(target: tensor_pb2.Items, tensor: tensor_pb2.Tensor) -> None:
+    target.Clear()
+    target.tensor.CopyFrom(tensor)
+
+
+CLASSIFY_CASES = {
+    "empty support": (lambda r, x: r.support.items.Clear(), INVALID, "support.items is empty"),
+    "empty queries": (lambda r, x: r.queries.Clear(), INVALID, "queries is empty"),
+    "fewer labels than items": (lambda r, x: r.support.labels.pop(), INVALID, "4 items but 3 labels"),
+    "one class only": (lambda r, x: r.support.labels.__setitem__(slice(None), ["a"] * 4), INVALID, "single class"),
+    "empty label": (lambda r, x: r.support.labels.__setitem__(1, ""), INVALID, "labels[1] is empty"),
+    "float64 tensor": (lambda r, x: set_tensor(r.queries, to_tensor(x[4:].astype(np.float64))), INVALID, "takes float32"),
+    "missing channel axis": (lambda r, x: set_tensor(r.queries, to_tensor(x[4:, 0])), INVALID, "has shape [2, 28, 28]"),
+    "wrong image size": (lambda r, x: set_tensor(r.queries, to_tensor(np.zeros((2, 1, 32, 32), np.float32))), INVALID, "[N, 1, 28, 28]"),
+    "bytes do not match shape": (lambda r, x: r.queries.tensor.__setattr__("data", b"\0" * 10), INVALID, "needs 6272"),
+    "dtype unset": (lambda r, x: r.queries.tensor.__setattr__("dtype", 0), INVALID, "DATA_TYPE_UNSPECIFIED"),
+    "no item axis": (lambda r, x: r.queries.tensor.shape.__setitem__(slice(None), [784 * 2]), INVALID, "item count first"),
+    "negative dimension": (lambda r, x: r.queries.tensor.shape.__setitem__(0, -2), INVALID, "all positive"),
+    "tensor and images together": (lambda r, x: r.queries.encoded_images.append(b"x"), INVALID, "both tensor and encoded_images"),
+    "NaN": (lambda r, x: set_tensor(r.queries, to_tensor(np.full((2, 1, 28, 28), np.nan, np.float32))), INVALID, "NaN or infinite"),
+    "infinity": (lambda r, x: set_tensor(r.support.items, to_tensor(np.where(x[:4] > 2, np.inf, x[:4]).astype(np.float32))), INVALID, "NaN or infinite"),
+    "undecodable image": (lambda r, x: (r.queries.Clear(), r.queries.encoded_images.append(b"not an image")), INVALID, "encoded_images[0] is not a readable PNG or JPEG"),
+    "negative learning rate": (lambda r, x: (setattr(r, "method", fewshot_pb2.METHOD_FINETUNE), setattr(r.adaptation, "learning_rate", -1.0)), INVALID, "learning_rate is -1.0"),
+    "NaN learning rate": (lambda r, x: setattr(r.adaptation, "learning_rate", float("nan")), INVALID, "learning_rate is nan"),
+    "too many steps": (lambda r, x: setattr(r.adaptation, "steps", 1_000_000), INVALID, "steps is 1000000"),
+    "negative l2": (lambda r, x: setattr(r.adaptation, "l2", -0.5), INVALID, "l2 is -0.5"),
+    "unknown method": (lambda r, x: setattr(r, "method", 9), INVALID, "method has the unknown value 9"),
+    "unknown distance": (lambda r, x: setattr(r, "distance", 5), INVALID, "distance has the unknown value 5"),
+    "top_k too large": (lambda r, x: setattr(r, "top_k", 100_000), INVALID, "top_k is 100000"),
+    "unknown model": (lambda r, x: setattr(r, "model", "no-such-model"), NOT_FOUND, "'no-such-model' is not in the repository"),
+    "unknown version": (lambda r, x: setattr(r, "model_version", "999"), NOT_FOUND, "no version '999'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLASSIFY_CASES))
+def test_bad_classify_requests(stubs, images, case):
+    change, code, message = CLASSIFY_CASES[case]
+    with pytest.raises(grpc.RpcError) as error:
+        stubs[0].Classify(mutate(images, change), timeout=10)
+    assert error.value.code() == code, error.value.details()
+    assert message in error.value.details()
+    # ... and the server still answers a correct request.
+    assert len(stubs[0].Classify(good_request(images), timeout=10).predictions) == 2
+
+
+def test_bad_task_requests(stubs, images):
+    fewshot = stubs[0]
+    for task_id, code, message in [("", INVALID, "task_id is empty"), ("nope", NOT_FOUND, "no such task")]:
+        with pytest.raises(grpc.RpcError) as error:
+            fewshot.ClassifyTask(fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=items(images)), timeout=10)
+        assert error.value.code() == code and message in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        fewshot.DeleteTask(fewshot_pb2.DeleteTaskRequest(task_id="nope"), timeout=10)
+    assert error.value.code() == NOT_FOUND
+    with pytest.raises(grpc.RpcError) as error:
+        fewshot.CreateTask(fewshot_pb2.CreateTaskRequest(
+            support=fewshot_pb2.SupportSet(items=items(images), labels=["a"] * 6)), timeout=10)
+    assert error.value.code() == INVALID and "single class" in error.value.details()
+
+
+def test_bad_embed_and_model_requests(stubs, images):
+    fewshot, models = stubs
+    with pytest.raises(grpc.RpcError) as error:
+        fewshot.Embed(fewshot_pb2.EmbedRequest(items=items(images[:, 0])), timeout=10)
+    assert error.value.code() == INVALID and "shape" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        fewshot.Embed(fewshot_pb2.EmbedRequest(), timeout=10)
+    assert error.value.code() == INVALID and "items is empty" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:
+        models.GetModel(model_pb2.GetModelRequest(name="nope"), timeout=10)
+    assert error.value.code() == NOT_FOUND and "ListModels" in error.value.details()
+
+
+def test_oversized_messages_are_refused_with_resource_exhausted(tmp_path, images):
+    small = start_server(tmp_path, "--max-message-bytes", "100000")
+    try:
+        with Client(small.target) as client:
+            big = np.zeros((64, 1, 28, 28), np.float32)  # 200 kB
+            with pytest.raises(Exception) as error:
+                client.classify(big, ["a", "b"] * 32, big[:2])
+            assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert len(client.classify(as_tensor(np.zeros((4, 28, 28), np.uint8)), ["a", "b"] * 2,
+                                       images[:1]).predictions) == 1
+    finally:
+        assert stop_server(small) == 0

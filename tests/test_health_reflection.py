@@ -1,0 +1,44 @@
+"""The standard gRPC health service and server reflection, as orchestrators and tools use them."""
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from helpers import start_server, stop_server
+
+SERVICES = ["metalearn.v1.FewShotService", "metalearn.v1.ModelService"]
+
+
+def test_health_check_per_service(server):
+    with grpc.insecure_channel(server.target) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ["", *SERVICES]:
+            response = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING, service
+        try:
+            health.Check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=5)
+            raise AssertionError("an unknown service must not be reported healthy")
+        except grpc.RpcError as error:
+            assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_watch_reports_not_serving_on_shutdown(tmp_path):
+    running = start_server(tmp_path)
+    with grpc.insecure_channel(running.target) as channel:
+        watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        running.process.terminate()
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    assert running.process.wait(timeout=30) == 0
+
+
+def test_reflection_lists_and_describes_the_services(server):
+    with grpc.insecure_channel(server.target) as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        requests = [reflection_pb2.ServerReflectionRequest(list_services=""),
+                    reflection_pb2.ServerReflectionRequest(file_containing_symbol="metalearn.v1.FewShotService")]
+        listed, described = list(stub.ServerReflectionInfo(iter(requests), timeout=5))
+    names = {s.name for s in listed.list_services_response.service}
+    assert set(SERVICES) | {"grpc.health.v1.Health"} <= names
+    assert described.file_descriptor_response.file_descriptor_proto

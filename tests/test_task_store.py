@@ -1,0 +1,81 @@
+"""TaskStore: time to live, least-recently-used eviction, and messages that say why a task is gone."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from metalearn_server.errors import InvalidArgument, NotFound
+from metalearn_server.execution.model import Head
+from metalearn_server.scheduling.task_store import TaskStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+HEAD = Head(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), cosine=False, temperature=1.0)
+
+
+def make_store(max_tasks: int = 3) -> tuple[TaskStore, Clock, list[str]]:
+    clock, evictions = Clock(), []
+    store = TaskStore(max_tasks, default_ttl=60, max_ttl=600, clock=clock, on_evict=evictions.append)
+    return store, clock, evictions
+
+
+def add(store: TaskStore, ttl: int = 0) -> str:
+    return store.add(model=None, classes=("a", "b"), head=HEAD, method="prototype", distance="euclidean",
+                     ttl_seconds=ttl).task_id
+
+
+def test_expiry_uses_the_requested_ttl_capped_by_the_maximum():
+    store, clock, evictions = make_store()
+    short, default, capped = add(store, ttl=10), add(store), add(store, ttl=10_000)
+    clock.now += 11
+    with pytest.raises(NotFound, match="it expired"):
+        store.get(short)
+    assert store.get(default).task_id == default
+    clock.now += 50
+    with pytest.raises(NotFound, match="expired"):
+        store.get(default)
+    clock.now += 600 - 61 - 1
+    assert store.get(capped).task_id == capped
+    clock.now += 1
+    assert len(store) == 0
+    assert evictions == ["expired"] * 3
+
+
+def test_least_recently_used_task_is_evicted_at_capacity():
+    store, _, evictions = make_store(max_tasks=2)
+    first, second = add(store), add(store)
+    store.get(first)  # now `second` is the least recently used
+    third = add(store)
+    with pytest.raises(NotFound, match="evicted to make room"):
+        store.get(second)
+    assert {store.get(first).task_id, store.get(third).task_id} == {first, third}
+    assert evictions == ["capacity"]
+
+
+def test_delete_and_unknown_ids():
+    store, _, evictions = make_store()
+    task = add(store)
+    store.delete(task)
+    with pytest.raises(NotFound, match="was deleted"):
+        store.get(task)
+    with pytest.raises(NotFound, match="no such task"):
+        store.get("never-created")
+    with pytest.raises(InvalidArgument):
+        store.get("")
+    assert evictions == []
+
+
+def test_churn_keeps_the_bookkeeping_bounded():
+    store, clock, _ = make_store(max_tasks=5)
+    for _ in range(1000):
+        add(store, ttl=600)
+        clock.now += 0.01
+    assert len(store) == 5
+    assert len(store._deadlines) <= 4 * 5 + 1 and len(store._gone) <= 4 * 5

@@ -1,0 +1,70 @@
+"""Training, export and evaluation end to end on a tiny budget."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from metalearn.data import load_split, split_by_alphabet, to_model_input
+from metalearn.episodes import EpisodeSampler
+from metalearn.evaluate import evaluate, in_process
+from metalearn.export import export
+from metalearn.train import TrainConfig, train
+from metalearn_server.execution.model_config import ModelConfig
+
+
+def test_episodes_are_reproducible_and_well_formed():
+    data = load_split("background")
+    first = EpisodeSampler(data, ways=5, shots=2, queries=3, seed=4).sample()
+    again = EpisodeSampler(data, ways=5, shots=2, queries=3, seed=4).sample()
+    assert np.array_equal(first.support, again.support) and np.array_equal(first.classes, again.classes)
+    assert first.support.shape == (10, 28, 28) and first.query.shape == (15, 28, 28)
+    assert np.bincount(first.support_labels).tolist() == [2] * 5
+    assert len(set(first.classes.tolist())) == 5
+
+
+def test_validation_alphabets_are_disjoint_from_training():
+    train_data, val_data = split_by_alphabet(load_split("background"), validation_alphabets=5)
+    assert not set(train_data.alphabets) & set(val_data.alphabets)
+    assert len(set(val_data.alphabets)) == 5
+    assert len(train_data.with_rotations().images) == 4 * len(train_data.images)
+
+
+def test_short_training_improves_validation_and_exports_a_servable_model(tmp_path):
+    config = TrainConfig(ways=20, shots=1, queries=5, episodes=60, val_every=30, val_episodes=60, lr_halve_every=1000,
+                         seed=1)
+    summary = train(config, tmp_path / "run")
+    history = [h["val_5way_1shot"] for h in summary["history"]]
+    untrained = _untrained_accuracy(config)
+    assert max(history) > untrained + 0.05, (untrained, history)
+
+    directory = export(tmp_path / "run" / "best.pt", tmp_path / "repository", "tiny")
+    config_file = ModelConfig.load(directory / "config.json")
+    assert config_file.embedding_size == 64 and all(t > 0 for t in config_file.temperature.values())
+    assert "background" in (directory / "MODEL_CARD.md").read_text()
+
+    # ONNX backbone equals the torch backbone (relative tolerance: unnormalised embeddings).
+    checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
+    from metalearn.backbones import Conv4
+    backbone = Conv4()
+    backbone.load_state_dict(checkpoint["backbone"])
+    backbone.eval()
+    images = to_model_input(load_split("evaluation").images[:8, 0])
+    session = ort.InferenceSession(str(directory / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(None, {"images": images})[0],
+                               backbone(torch.from_numpy(images)).detach().numpy(), rtol=1e-3, atol=1e-4)
+
+    accuracy = evaluate(in_process(tmp_path / "repository"), load_split("evaluation"), 5, 1, "prototype", episodes=20)
+    assert 0.2 < accuracy.mean <= 1 and accuracy.ci95 > 0
+    json.dumps(summary)  # the summary is what the model card is written from
+
+
+def _untrained_accuracy(config: TrainConfig) -> float:
+    from metalearn.backbones import Conv4
+    from metalearn.train import validation_accuracy
+
+    torch.manual_seed(config.seed)
+    _, val_data = split_by_alphabet(load_split("background"), config.val_alphabets, config.seed)
+    return validation_accuracy(Conv4(), val_data, config.val_episodes, seed=config.seed)
