@@ -1,0 +1,61 @@
+# metalearn: `make serve` and `make test` are all a fresh machine needs.
+# Everything lands in .venv at the repository root; nothing is installed globally
+# except, as root, the Debian package that provides promtool for the metrics test.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+LOCAL := ./protos ./client ./server
+
+SERVING_SOURCES := $(shell find protos client server -name '*.py' -o -name '*.proto' -o -name '*.toml' -o -name '*.json' -o -name '*.onnx' -o -name '*.md' | grep -v '/build/')
+TRAINING_SOURCES := pyproject.toml $(shell find metalearn -name '*.py')
+
+SERVE_ARGS ?=
+TRAIN_ARGS ?=
+DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
+
+.PHONY: install dev serve system-tools test model eval clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Serving parts only (protocol stubs, client, server): no torch.
+$(VENV)/.serving: $(BIN)/python $(SERVING_SOURCES)
+	$(PIP) install $(LOCAL)
+	$(PIP) install --no-deps --force-reinstall $(LOCAL)
+	touch $@
+
+# Plus training, export, evaluation and the test tools (torch==2.13.0, CPU wheel).
+$(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
+	$(PIP) install $(LOCAL) '.[dev]'
+	$(PIP) install --no-deps --force-reinstall .
+	touch $@
+
+install: $(VENV)/.serving
+
+dev: $(VENV)/.dev
+
+serve: install
+	$(BIN)/metalearn-server $(SERVE_ARGS)
+
+# promtool checks the metrics exposition in the tests (Debian package `prometheus`).
+system-tools:
+	@command -v promtool >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "note: promtool missing and not root; the promtool check will be skipped"; fi; }
+
+test: dev system-tools
+	$(BIN)/pytest
+
+# Retrain the default model from scratch and export it as a new version.
+model: dev
+	$(BIN)/python -m metalearn.train --out runs/omniglot-conv4 $(TRAIN_ARGS)
+	$(BIN)/python -m metalearn.export --checkpoint runs/omniglot-conv4/best.pt \
+	  --repository $(DEFAULT_MODEL_REPOSITORY) --name omniglot-conv4
+
+eval: dev
+	$(BIN)/python -m metalearn.evaluate
+
+clean:
+	rm -rf $(VENV) protos/build client/build server/build build *.egg-info */*.egg-info
