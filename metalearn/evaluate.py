@@ -48,18 +48,16 @@ class Accuracy:
 
 def in_process(repository: Path, model: str = "", version: str = "") -> Classifier:
     """Classify with the server's execution layer, no gRPC."""
-    from metalearn_server.execution.model import Adaptation
     from metalearn_server.execution.repository import ModelRepository
     from metalearn_server.execution.runtime import resolve_providers
 
     served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
-    defaults = served.config.default_adaptation
 
     def classify(episode: Episode, method: str) -> np.ndarray:
         embeddings = served.embed(to_model_input(np.concatenate([episode.support, episode.query])))
         support, query = embeddings[: len(episode.support)], embeddings[len(episode.support) :]
         onehot = np.eye(len(episode.classes), dtype=np.float32)[episode.support_labels]
-        adaptation = Adaptation(defaults.steps, defaults.learning_rate, defaults.l2) if method == "finetune" else None
+        adaptation = served.config.default_adaptation if method == "finetune" else None
         head = served.build_head(support, onehot, served.config.default_distance, adaptation)
         return served.score(query, head).argmax(1)
 

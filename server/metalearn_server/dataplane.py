@@ -14,6 +14,7 @@ import numpy as np
 
 from metalearn_server import validation
 from metalearn_server.execution.model import FewShotModel, Head
+from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.preprocessing import decode_images
 from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
@@ -45,6 +46,9 @@ class DataPlane:
     def models(self) -> tuple[list[ModelEntry], str]:
         return self.repository.entries(), self.repository.default_model
 
+    def model_versions(self, model: FewShotModel) -> list[str]:
+        return self.repository.models[model.name].ordered_versions()
+
     # -- the pipeline's steps, run in the executor ------------------------------------------
     def _model_input(self, model: FewShotModel, items: Items, what: str) -> np.ndarray:
         with self.metrics.stage("decode", model.name):
@@ -59,7 +63,7 @@ class DataPlane:
         return np.split(embeddings, np.cumsum([len(b) for b in batches])[:-1])
 
     def _head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
-              method: str, distance: str, adaptation: validation.Adaptation) -> Head:
+              method: str, distance: str, adaptation: Adaptation) -> Head:
         onehot = np.eye(classes, dtype=np.float32)[targets]
         with self.metrics.stage("head", model.name):
             return model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
@@ -69,7 +73,7 @@ class DataPlane:
             return model.score(queries, head)
 
     # -- RPCs ---------------------------------------------------------------------------
-    def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, validation.Adaptation,
+    def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, Adaptation,
                                                                      tuple[str, ...], np.ndarray]:
         model = self.model(request.model, request.model_version)
         method = validation.method(request.method, model)

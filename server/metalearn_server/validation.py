@@ -11,7 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from metalearn_server.errors import InvalidArgument
-from metalearn_server.execution.model import Adaptation, FewShotModel
+from metalearn_server.execution.model import FewShotModel
+from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.model_config import DISTANCES, METHODS
 from metalearn_server.requests import AdaptationRequest, Items
 

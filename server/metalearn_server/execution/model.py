@@ -13,17 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from metalearn_server.execution.model_config import ModelConfig
+from metalearn_server.execution.model_config import Adaptation, ModelConfig
 from metalearn_server.execution.runtime import create_session
-
-
-@dataclass(frozen=True)
-class Adaptation:
-    """Resolved fast-adaptation settings (no field left to a default)."""
-
-    steps: int
-    learning_rate: float
-    l2: float
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,9 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
-class AdaptationDefaults:
+class Adaptation:
+    """Fast-adaptation settings: the model's defaults, or a request's once resolved."""
+
     steps: int
     learning_rate: float
     l2: float
@@ -66,7 +68,7 @@ class ModelConfig:
     temperature: dict[str, float]
     default_method: str
     default_distance: str
-    default_adaptation: AdaptationDefaults
+    default_adaptation: Adaptation
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
@@ -107,7 +109,7 @@ class ModelConfig:
             temperature=temperature,
             default_method=_field(defaults, "method", str, "defaults"),
             default_distance=_field(defaults, "distance", str, "defaults"),
-            default_adaptation=AdaptationDefaults(
+            default_adaptation=Adaptation(
                 steps=_field(adapt, "steps", int, "defaults.adaptation"),
                 learning_rate=float(_field(adapt, "learning_rate", (int, float), "defaults.adaptation")),
                 l2=float(_field(adapt, "l2", (int, float), "defaults.adaptation")),

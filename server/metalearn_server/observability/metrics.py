@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
-                               ProcessCollector, start_http_server)
+                               ProcessCollector, disable_created_metrics, start_http_server)
+
+# `*_created` timestamps double the exposition and no dashboard here reads them.
+disable_created_metrics()
 
 #: From 100 µs to 10 s: fine enough for sub-millisecond heads and cached tasks.
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025,

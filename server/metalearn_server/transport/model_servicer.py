@@ -24,12 +24,12 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
 
     async def GetModel(self, request: model_pb2.GetModelRequest, context: grpc.aio.ServicerContext) -> model_pb2.GetModelResponse:
         model = self.dataplane.model(request.name, request.version)
-        config, entry = model.config, self.dataplane.repository.models[model.name]
+        config = model.config
         pre, adaptation = config.preprocessing, config.default_adaptation
         return model_pb2.GetModelResponse(
             name=model.name,
             version=model.version,
-            versions=entry.ordered_versions(),
+            versions=self.dataplane.model_versions(model),
             input=model_pb2.TensorSpec(name=config.input_name, dtype=INPUT_DTYPES[config.input_dtype],
                                        shape=[-1, *config.input_shape]),
             preprocessing=model_pb2.Preprocessing(color_mode=pre.color_mode, width=pre.width, height=pre.height,
