@@ -1,9 +1,11 @@
 """Meta-train a backbone on Omniglot ``background``.
 
-    python -m metalearn.train --out runs/omniglot-conv4
+    python -m metalearn.train --out runs/omniglot-conv4 [--algorithm protonet|proto-maml|anil|maml]
 
-Every ``--val-every`` episodes the backbone is scored on 5-way episodes from
-alphabets held out of ``background``; the best checkpoint is kept in
+Each algorithm is a module of :mod:`metalearn.algorithms`; this file only
+feeds it episodes.  Every ``--val-every`` episodes the backbone is scored by
+prototype inference (what the service runs by default) on 5-way 1-shot
+episodes from alphabets held out of ``background``; the best checkpoint is kept in
 ``best.pt`` and the latest in ``last.pt`` (``--resume`` continues from it).
 Calibration of the served scores happens at export
 (:mod:`metalearn.calibration`).
@@ -21,18 +23,21 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from metalearn.algorithms import protonet
+from metalearn.algorithms import anil, maml, proto_maml, protonet
 from metalearn.backbones import BACKBONES
-from metalearn.data import FewShotImages, load_split, split_by_alphabet, to_model_input
 from metalearn.calibration import embedded_episodes
+from metalearn.data import FewShotImages, load_split, split_by_alphabet, to_model_input
 from metalearn.episodes import Episode, EpisodeSampler
+
+
+ALGORITHMS = ("protonet", "proto-maml", "anil", "maml")
 
 
 @dataclass
 class TrainConfig:
     """Everything that decides a training run; written into the model card."""
 
-    algorithm: str = "protonet"
+    algorithm: str = "protonet"  # protonet, proto-maml, anil or maml
     backbone: str = "conv4"
     ways: int = 60
     shots: int = 1
@@ -40,6 +45,9 @@ class TrainConfig:
     episodes: int = 4000
     lr: float = 1e-3
     lr_halve_every: int = 1500
+    inner_steps: int = 5  # proto-maml, anil, maml
+    inner_lr: float = 0.1
+    first_order: bool = False  # anil, maml (proto-maml is first order by definition)
     val_every: int = 500
     val_episodes: int = 300
     val_alphabets: int = 5
@@ -55,12 +63,23 @@ def embed_episode(backbone: torch.nn.Module, episode: Episode) -> tuple[torch.Te
     return embeddings[: len(episode.support)], embeddings[len(episode.support) :]
 
 
-def episode_loss(backbone: torch.nn.Module, episode: Episode, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def episode_loss(config: TrainConfig, backbone: torch.nn.Module, head: torch.nn.Module | None,
+                 episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
+    """The configured algorithm's query loss and accuracy on one episode."""
+    ways = len(episode.classes)
+    support_y, query_y = torch.from_numpy(episode.support_labels), torch.from_numpy(episode.query_labels)
+    if config.algorithm in ("anil", "maml"):
+        support_x = torch.from_numpy(to_model_input(episode.support))
+        query_x = torch.from_numpy(to_model_input(episode.query))
+        if config.algorithm == "anil":
+            return anil.episode_loss(backbone, head, support_x, support_y, query_x, query_y,
+                                     config.inner_steps, config.inner_lr, config.first_order)
+        return maml.episode_loss(torch.nn.Sequential(backbone, head), support_x, support_y, query_x, query_y,
+                                 config.inner_steps, config.inner_lr, config.first_order)
     support, queries = embed_episode(backbone, episode)
-    return protonet.loss(
-        support, torch.from_numpy(episode.support_labels), queries,
-        torch.from_numpy(episode.query_labels), len(episode.classes), temperature,
-    )
+    if config.algorithm == "proto-maml":
+        return proto_maml.episode_loss(support, support_y, queries, query_y, ways, config.inner_steps, config.inner_lr)
+    return protonet.loss(support, support_y, queries, query_y, ways)
 
 
 @torch.no_grad()
@@ -84,13 +103,19 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
     train_data = train_data.with_rotations()
     out.mkdir(parents=True, exist_ok=True)
 
+    if config.algorithm not in ALGORITHMS:
+        raise ValueError(f"--algorithm must be one of {', '.join(ALGORITHMS)}, not {config.algorithm!r}")
     backbone = BACKBONES[config.backbone]()
-    optimiser = torch.optim.Adam(backbone.parameters(), lr=config.lr)
+    # MAML and ANIL learn a linear head's initialisation too; the prototype methods derive it from the support set.
+    head = torch.nn.Linear(backbone(torch.zeros(1, 1, 28, 28)).shape[1], config.ways) \
+        if config.algorithm in ("anil", "maml") else None
+    modules = torch.nn.ModuleList([backbone] + ([head] if head is not None else []))
+    optimiser = torch.optim.Adam(modules.parameters(), lr=config.lr)
     scheduler = torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.lr_halve_every, gamma=0.5)
     state = {"episode": 0, "best_accuracy": 0.0, "seconds": 0.0, "history": []}
     if resume and (out / "last.pt").exists():
         checkpoint = torch.load(out / "last.pt", weights_only=False)
-        backbone.load_state_dict(checkpoint["backbone"])
+        modules.load_state_dict(checkpoint["modules"])
         optimiser.load_state_dict(checkpoint["optimiser"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         state = checkpoint["state"]
@@ -100,7 +125,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
     started = time.monotonic() - state["seconds"]
     progress = tqdm(range(state["episode"], config.episodes), initial=state["episode"], total=config.episodes, desc="train")
     for episode_index in progress:
-        loss, accuracy = episode_loss(backbone, sampler.sample())
+        loss, accuracy = episode_loss(config, backbone, head, sampler.sample())
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -115,7 +140,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
             if val_accuracy > state["best_accuracy"]:
                 state["best_accuracy"] = val_accuracy
                 torch.save({"backbone": backbone.state_dict(), "config": asdict(config)}, out / "best.pt")
-            torch.save({"backbone": backbone.state_dict(), "optimiser": optimiser.state_dict(),
+            torch.save({"modules": modules.state_dict(), "optimiser": optimiser.state_dict(),
                         "scheduler": scheduler.state_dict(), "state": state, "config": asdict(config)}, out / "last.pt")
 
     best = torch.load(out / "best.pt", weights_only=False)
@@ -135,8 +160,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="run folder for checkpoints and summary.json")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     for field, default in asdict(TrainConfig()).items():
-        kind = type(default) if default is not None else str
-        parser.add_argument(f"--{field.replace('_', '-')}", type=kind, default=default)
+        flag = f"--{field.replace('_', '-')}"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        else:
+            parser.add_argument(flag, type=type(default) if default is not None else str, default=default,
+                                choices=ALGORITHMS if field == "algorithm" else None)
     args = vars(parser.parse_args(argv))
     out, resume = args.pop("out"), args.pop("resume")
     summary = train(TrainConfig(**args), out, resume)
