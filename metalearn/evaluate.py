@@ -8,7 +8,9 @@ execution layer (ONNX Runtime sessions of the model version), and over gRPC
 every episode is one ``Classify`` call.  The episodes come from a seed, so the
 two ways see the same episodes and agree to within float rounding.  Accuracy
 is the mean over episodes of query accuracy, with a 95% confidence interval
-(1.96 standard errors), as the published tables report it.
+(1.96 standard errors), as the published tables report it; beside it the
+expected calibration error of the served probabilities (15 bins), which says
+whether a score of 0.9 is right nine times in ten.
 """
 from __future__ import annotations
 
@@ -29,8 +31,9 @@ from metalearn.episodes import Episode, EpisodeSampler
 COLUMNS = ((5, 1), (5, 5), (20, 1), (20, 5))
 METHODS = ("prototype", "finetune")
 
-#: Labels of an episode's episode-local classes 0 … ways-1, as sent to the server.
+#: Query probabilities ``[queries, ways]`` of an episode, columns in class order 0 … ways-1.
 Classifier = Callable[[Episode, str], np.ndarray]
+ECE_BINS = 15
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,24 @@ class Accuracy:
     method: str
     mean: float
     ci95: float
+    ece: float
     episodes: int
 
     def __str__(self) -> str:
-        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f}"
+        return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f} (ECE {100 * self.ece:.1f})"
+
+
+def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """Guo et al. (2017): the confidence-weighted gap between confidence and accuracy, over equal-width bins."""
+    confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            gap += members.mean() * abs(correct[members].mean() - confidence[members].mean())
+    return float(gap)
 
 
 def in_process(repository: Path, model: str = "", version: str = "") -> Classifier:
@@ -59,7 +76,7 @@ def in_process(repository: Path, model: str = "", version: str = "") -> Classifi
         onehot = np.eye(len(episode.classes), dtype=np.float32)[episode.support_labels]
         adaptation = served.config.default_adaptation if method == "finetune" else None
         head = served.build_head(support, onehot, served.config.default_distance, adaptation)
-        return served.score(query, head).argmax(1)
+        return served.score(query, head)
 
     return classify
 
@@ -74,7 +91,7 @@ def over_grpc(target: str, model: str = "", version: str = "") -> Classifier:
         labels = [str(label) for label in episode.support_labels]
         result = client.classify(to_model_input(episode.support), labels, to_model_input(episode.query),
                                  model=model, version=version, method=method)
-        return np.array([int(label) for label in result.labels])
+        return result.scores[:, np.argsort([int(label) for label in result.classes])]
 
     return classify
 
@@ -82,13 +99,17 @@ def over_grpc(target: str, model: str = "", version: str = "") -> Classifier:
 def evaluate(classify: Classifier, data: FewShotImages, ways: int, shots: int, method: str,
              episodes: int, queries: int = 15, seed: int = 0) -> Accuracy:
     sampler = EpisodeSampler(data, ways, shots, queries, seed=seed)
-    scores = []
+    accuracies, probabilities, labels = [], [], []
     for _ in tqdm(range(episodes), desc=f"{ways}-way {shots}-shot {method}", leave=False):
         episode = sampler.sample()
-        scores.append(float((classify(episode, method) == episode.query_labels).mean()))
-    values = np.array(scores)
+        probs = classify(episode, method)
+        accuracies.append(float((probs.argmax(1) == episode.query_labels).mean()))
+        probabilities.append(probs)
+        labels.append(episode.query_labels)
+    values = np.array(accuracies)
     return Accuracy(ways, shots, method, float(values.mean()),
-                    float(1.96 * values.std(ddof=1) / math.sqrt(len(values))), len(values))
+                    float(1.96 * values.std(ddof=1) / math.sqrt(len(values))),
+                    expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), len(values))
 
 
 def table(results: list[Accuracy]) -> str:
