@@ -33,8 +33,9 @@ def tensor_to_array(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
     """A read-only view of the tensor's bytes, shaped."""
     dtype = DTYPES.get(tensor.dtype)
     if dtype is None:
-        raise InvalidArgument(f"{what}.dtype is {tensor_pb2.DataType.Name(tensor.dtype) if tensor.dtype in tensor_pb2.DataType.values() else tensor.dtype}; "
-                              "set it, e.g. DATA_TYPE_FLOAT32")
+        known = tensor.dtype in tensor_pb2.DataType.values()
+        name = tensor_pb2.DataType.Name(tensor.dtype) if known else str(tensor.dtype)
+        raise InvalidArgument(f"{what}.dtype is {name}; set a supported type, e.g. DATA_TYPE_FLOAT32")
     shape = tuple(tensor.shape)
     if len(shape) < 2 or any(d <= 0 for d in shape):
         raise InvalidArgument(f"{what}.shape is {list(shape)}; give the item count first, then the item's "
