@@ -13,6 +13,7 @@ TRAINING_SOURCES := pyproject.toml $(shell find metalearn -name '*.py')
 
 SERVE_ARGS ?=
 TRAIN_ARGS ?=
+EVAL_ARGS ?=
 DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
 
 .PHONY: install dev serve system-tools test model eval clean
@@ -48,14 +49,16 @@ system-tools:
 test: dev system-tools
 	$(BIN)/pytest
 
-# Retrain the default model from scratch and export it as a new version.
+# Retrain the default model from scratch, export it as a new version, put its accuracy in its card.
 model: dev
 	$(BIN)/python -m metalearn.train --out runs/omniglot-conv4 $(TRAIN_ARGS)
 	$(BIN)/python -m metalearn.export --checkpoint runs/omniglot-conv4/best.pt \
 	  --repository $(DEFAULT_MODEL_REPOSITORY) --name omniglot-conv4
+	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) --write-card
 
+# Accuracy on the held-out `evaluation` alphabets; EVAL_ARGS="--target host:port" goes through a server.
 eval: dev
-	$(BIN)/python -m metalearn.evaluate
+	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) $(EVAL_ARGS)
 
 clean:
 	rm -rf $(VENV) protos/build client/build server/build build *.egg-info */*.egg-info

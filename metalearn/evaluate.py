@@ -137,7 +137,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data", help="Omniglot folder (default: $METALEARN_DATA or ../shared/data/omniglot)")
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--write-card", action="store_true",
+                        help="(in-process) put the table into the evaluated version's MODEL_CARD.md")
     args = parser.parse_args(argv)
+    if args.write_card and args.target:
+        parser.error("--write-card evaluates the repository's files in-process; drop --target")
 
     classify = over_grpc(args.target, args.model, args.version) if args.target else \
         in_process(args.repository, args.model, args.version)
@@ -148,6 +152,22 @@ def main(argv: list[str] | None = None) -> None:
     print(table(results))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+    if args.write_card:
+        write_card(args.repository, args.model, args.version, table(results), args.episodes)
+
+
+def write_card(repository: Path, model: str, version: str, results: str, episodes: int) -> None:
+    """Replace the ``## Accuracy`` section of the model card with these results."""
+    from metalearn_server.execution.repository import ModelRepository
+    from metalearn_server.execution.runtime import resolve_providers
+
+    served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
+    card_path = served.directory / "MODEL_CARD.md"
+    card = card_path.read_text().split("\n## Accuracy")[0].rstrip("\n")
+    section = (f"## Accuracy\n\nOmniglot `evaluation` (alphabets never seen in training), {episodes} episodes per "
+               "cell, 15 queries per class, mean ± 95% confidence interval, expected calibration error of the "
+               f"served probabilities in brackets (`python -m metalearn.evaluate`):\n\n{results}\n")
+    card_path.write_text(f"{card}\n\n{section}")
 
 
 if __name__ == "__main__":
