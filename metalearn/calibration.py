@@ -5,6 +5,15 @@
   so an untempered softmax says 1.0 for nearly every query, right or wrong.
 * The fast-adaptation learning rate, picked from a grid for the default step
   count by 5-shot validation accuracy.
+* The open-set score: the probability that a query belongs to any support
+  class at all, as a logistic function of its squared distance ``d`` to the
+  nearest class,
+
+      known(d) = 1 / (1 + exp((d − midpoint) / width)),
+
+  fitted on validation episodes whose queries are half from the episode's
+  classes and half from other characters; and the default rejection threshold,
+  the known-score that 99% of known validation queries exceed.
 """
 from __future__ import annotations
 
@@ -14,6 +23,7 @@ import torch
 from metalearn.data import FewShotImages, to_model_input
 from metalearn.episodes import EpisodeSampler
 from metalearn.heads import FineTuneHead, LinearHead, as_head_input, prototype_init
+from metalearn_server.execution.open_set import OpenSetCalibration
 
 LEARNING_RATE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
 
@@ -67,9 +77,56 @@ def fit_learning_rate(episodes: list[tuple[torch.Tensor, ...]], temperature: flo
         for support, onehot, query, labels in episodes:
             weight, bias = adapt(support, onehot, cosine, temperature_, torch.tensor(steps),
                                  torch.tensor(rate), torch.tensor(l2))
-            probs = score(query, weight, bias, cosine, temperature_)
+            probs, _ = score(query, weight, bias, cosine, temperature_)
             correct += int((probs.argmax(-1) == labels).sum())
             total += len(labels)
         if correct / total > best_accuracy:
             best_rate, best_accuracy = rate, correct / total
     return best_rate
+
+
+KNOWN_ACCEPTANCE = 0.99
+
+
+@torch.no_grad()
+def nearest_class_distances(backbone: torch.nn.Module, data: FewShotImages, episodes: int, seed: int,
+                            cosine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Distances to the nearest support class of known and of unknown queries (1- and 5-shot, 5-way)."""
+    backbone.eval()
+    flag, known, unknown = torch.tensor(cosine), [], []
+    for shots in (1, 5):
+        sampler = EpisodeSampler(data, ways=5, shots=shots, queries=5, seed=seed + shots)
+        for _ in range(episodes // 2):
+            episode, strangers = sampler.sample_open_set(unknown_ways=5)
+            images = np.concatenate([episode.support, episode.query, strangers])
+            z = backbone(torch.from_numpy(to_model_input(images)))
+            support, queries = z[: len(episode.support)], z[len(episode.support) :]
+            onehot = torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), 5).float()
+            weight, bias = prototype_init(support, onehot, flag)
+            _, distance = LinearHead()(queries, weight, bias, flag, torch.tensor(1.0))
+            known.append(distance[: len(episode.query)].numpy())
+            unknown.append(distance[len(episode.query) :].numpy())
+    return np.concatenate(known), np.concatenate(unknown)
+
+
+def fit_open_set(known: np.ndarray, unknown: np.ndarray) -> dict[str, float]:
+    """Logistic ``known(d)`` by maximum likelihood, and the default rejection threshold."""
+    distance = torch.from_numpy(np.concatenate([known, unknown]).astype(np.float64))
+    target = torch.cat([torch.ones(len(known)), torch.zeros(len(unknown))]).double()
+    scale = float(distance.std())
+    midpoint = torch.tensor(float(distance.median()) / scale, dtype=torch.float64, requires_grad=True)
+    log_width = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.LBFGS([midpoint, log_width], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        optimiser.zero_grad()
+        logit = (midpoint - distance / scale) / log_width.exp()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
+        loss.backward()
+        return loss
+
+    optimiser.step(closure)
+    fitted = {"midpoint": float(midpoint.detach()) * scale, "width": float(log_width.detach().exp()) * scale}
+    scores = OpenSetCalibration(fitted["midpoint"], fitted["width"], threshold=0.0).known_score(known)
+    threshold = float(np.quantile(scores, 1 - KNOWN_ACCEPTANCE))
+    return {**fitted, "threshold": threshold}

@@ -38,18 +38,28 @@ class EpisodeSampler:
         self.rng = np.random.default_rng(seed)
 
     def sample(self) -> Episode:
-        classes = self.rng.choice(self.data.num_classes, size=self.ways, replace=False)
+        return self._draw(self.ways)[0]
+
+    def sample_open_set(self, unknown_ways: int) -> tuple[Episode, np.ndarray]:
+        """An episode, and ``queries`` drawings of each of ``unknown_ways`` further classes
+        that are not in its support set: queries a classifier should reject as unknown."""
+        return self._draw(self.ways + unknown_ways)
+
+    def _draw(self, total_ways: int) -> tuple[Episode, np.ndarray]:
+        classes = self.rng.choice(self.data.num_classes, size=total_ways, replace=False)
         drawers = self.data.images.shape[1]
         picks = np.stack([self.rng.choice(drawers, size=self.shots + self.queries, replace=False) for _ in classes])
-        images = self.data.images[classes[:, None], picks]  # [ways, shots+queries, 28, 28]
+        images = self.data.images[classes[:, None], picks]  # [total_ways, shots+queries, 28, 28]
+        known, unknown = images[: self.ways], images[self.ways :, self.shots :]
         labels = np.repeat(np.arange(self.ways)[:, None], picks.shape[1], axis=1)
-        return Episode(
-            support=images[:, : self.shots].reshape(-1, *images.shape[2:]),
+        episode = Episode(
+            support=known[:, : self.shots].reshape(-1, *images.shape[2:]),
             support_labels=labels[:, : self.shots].reshape(-1),
-            query=images[:, self.shots :].reshape(-1, *images.shape[2:]),
+            query=known[:, self.shots :].reshape(-1, *images.shape[2:]),
             query_labels=labels[:, self.shots :].reshape(-1),
-            classes=classes,
+            classes=classes[: self.ways],
         )
+        return episode, unknown.reshape(-1, *images.shape[2:])
 
     def __iter__(self) -> Iterator[Episode]:
         while True:

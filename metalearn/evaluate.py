@@ -10,13 +10,18 @@ two ways see the same episodes and agree to within float rounding.  Accuracy
 is the mean over episodes of query accuracy, with a 95% confidence interval
 (1.96 standard errors), as the published tables report it; beside it the
 expected calibration error of the served probabilities (15 bins), which says
-whether a score of 0.9 is right nine times in ten.
+whether a score of 0.9 is right nine times in ten.  The open-set table mixes
+each episode's queries with as many from characters outside it: the AUROC of
+the served known-score, and at the model's default rejection threshold, the
+accuracy on known queries (a rejected one counts as wrong) and the share of
+outside queries answered "unknown".
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,14 +30,15 @@ import numpy as np
 from tqdm import tqdm
 
 from metalearn.data import FewShotImages, load_split, to_model_input
-from metalearn.episodes import Episode, EpisodeSampler
+from metalearn.episodes import EpisodeSampler
 
 #: (ways, shots) of the published Omniglot table.
 COLUMNS = ((5, 1), (5, 5), (20, 1), (20, 5))
 METHODS = ("prototype", "finetune")
 
-#: Query probabilities ``[queries, ways]`` of an episode, columns in class order 0 … ways-1.
-Classifier = Callable[[Episode, str], np.ndarray]
+#: (support images, support labels 0 … ways-1, query images, method) → query probabilities
+#: ``[queries, ways]`` (columns in class order) and open-set known-scores ``[queries]``.
+Classifier = Callable[[np.ndarray, np.ndarray, np.ndarray, str], tuple[np.ndarray, np.ndarray]]
 ECE_BINS = 15
 
 
@@ -63,37 +69,46 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
     return float(gap)
 
 
-def in_process(repository: Path, model: str = "", version: str = "") -> Classifier:
+@dataclass(frozen=True)
+class Backend:
+    """Where episodes are classified, and the served model's default rejection threshold."""
+
+    classify: Classifier
+    rejection_threshold: float
+
+
+def in_process(repository: Path, model: str = "", version: str = "") -> Backend:
     """Classify with the server's execution layer, no gRPC."""
     from metalearn_server.execution.repository import ModelRepository
     from metalearn_server.execution.runtime import resolve_providers
 
     served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
+    distance = served.config.default_distance
 
-    def classify(episode: Episode, method: str) -> np.ndarray:
-        embeddings = served.embed(to_model_input(np.concatenate([episode.support, episode.query])))
-        support, query = embeddings[: len(episode.support)], embeddings[len(episode.support) :]
-        onehot = np.eye(len(episode.classes), dtype=np.float32)[episode.support_labels]
+    def classify(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+        embeddings = served.embed(to_model_input(np.concatenate([support, queries])))
+        onehot = np.eye(labels.max() + 1, dtype=np.float32)[labels]
         adaptation = served.config.default_adaptation if method == "finetune" else None
-        head = served.build_head(support, onehot, served.config.default_distance, adaptation)
-        return served.score(query, head)
+        head = served.build_head(embeddings[: len(support)], onehot, distance, adaptation)
+        scores = served.score(embeddings[len(support) :], head)
+        return scores.probabilities, scores.known
 
-    return classify
+    return Backend(classify, served.config.open_set[distance].threshold)
 
 
-def over_grpc(target: str, model: str = "", version: str = "") -> Classifier:
+def over_grpc(target: str, model: str = "", version: str = "") -> Backend:
     """Classify with one ``Classify`` call per episode to a running server."""
     from metalearn_client import Client
 
     client = Client(target, timeout=60.0)
 
-    def classify(episode: Episode, method: str) -> np.ndarray:
-        labels = [str(label) for label in episode.support_labels]
-        result = client.classify(to_model_input(episode.support), labels, to_model_input(episode.query),
-                                 model=model, version=version, method=method)
-        return result.scores[:, np.argsort([int(label) for label in result.classes])]
+    def classify(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
+        result = client.classify(to_model_input(support), [str(label) for label in labels], to_model_input(queries),
+                                 model=model, version=version, method=method, rejection_threshold=0.0)
+        order = np.argsort([int(label) for label in result.classes])
+        return result.scores[:, order], np.array([p.known_score for p in result.predictions])
 
-    return classify
+    return Backend(classify, client.get_model(model, version).default_rejection_threshold)
 
 
 def evaluate(classify: Classifier, data: FewShotImages, ways: int, shots: int, method: str,
@@ -102,7 +117,7 @@ def evaluate(classify: Classifier, data: FewShotImages, ways: int, shots: int, m
     accuracies, probabilities, labels = [], [], []
     for _ in tqdm(range(episodes), desc=f"{ways}-way {shots}-shot {method}", leave=False):
         episode = sampler.sample()
-        probs = classify(episode, method)
+        probs, _ = classify(episode.support, episode.support_labels, episode.query, method)
         accuracies.append(float((probs.argmax(1) == episode.query_labels).mean()))
         probabilities.append(probs)
         labels.append(episode.query_labels)
@@ -110,6 +125,91 @@ def evaluate(classify: Classifier, data: FewShotImages, ways: int, shots: int, m
     return Accuracy(ways, shots, method, float(values.mean()),
                     float(1.96 * values.std(ddof=1) / math.sqrt(len(values))),
                     expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), len(values))
+
+
+@dataclass(frozen=True)
+class OpenSet:
+    """Episodes whose queries are half known characters and half characters outside the episode."""
+
+    ways: int
+    shots: int
+    auroc: float  # of the known-score, known queries as positives
+    known_accuracy: float  # right label and not rejected, at the default threshold
+    unknown_rejected: float  # share of outside queries answered "unknown" at the default threshold
+    threshold: float
+    episodes: int
+
+
+def auroc(positives: np.ndarray, negatives: np.ndarray) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    _, inverse, counts = np.unique(np.concatenate([positives, negatives]), return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based rank of each distinct value, ties averaged
+    positive_ranks = average_rank[inverse[: len(positives)]].sum()
+    return float((positive_ranks - len(positives) * (len(positives) + 1) / 2) / (len(positives) * len(negatives)))
+
+
+def evaluate_open_set(backend: Backend, data: FewShotImages, ways: int, shots: int, episodes: int,
+                      queries: int = 15, seed: int = 0) -> OpenSet:
+    sampler = EpisodeSampler(data, ways, shots, queries, seed=seed)
+    known_scores, unknown_scores, correct = [], [], []
+    for _ in tqdm(range(episodes), desc=f"open set {ways}-way {shots}-shot", leave=False):
+        episode, strangers = sampler.sample_open_set(unknown_ways=ways)
+        probs, known = backend.classify(episode.support, episode.support_labels,
+                                        np.concatenate([episode.query, strangers]), "prototype")
+        inside = len(episode.query)
+        known_scores.append(known[:inside])
+        unknown_scores.append(known[inside:])
+        correct.append(probs[:inside].argmax(1) == episode.query_labels)
+    known_all, unknown_all = np.concatenate(known_scores), np.concatenate(unknown_scores)
+    accepted = known_all >= backend.rejection_threshold
+    return OpenSet(ways, shots, auroc(known_all, unknown_all), float((np.concatenate(correct) & accepted).mean()),
+                   float((unknown_all < backend.rejection_threshold).mean()), backend.rejection_threshold, episodes)
+
+
+def open_set_table(results: list[OpenSet]) -> str:
+    lines = ["| open set | AUROC | known accuracy at default threshold | outside queries rejected |",
+             "| --- | --- | --- | --- |"]
+    lines += [f"| {r.ways}-way {r.shots}-shot | {r.auroc:.3f} | {100 * r.known_accuracy:.2f} | "
+              f"{100 * r.unknown_rejected:.1f} |" for r in results]
+    return "\n".join(lines)
+
+
+def sweep_adaptation_steps(repository: Path, data: FewShotImages, steps: list[int], episodes: int,
+                           seed: int = 0, model: str = "", version: str = "") -> str:
+    """Markdown: accuracy and head latency of fast adaptation for each step count K (in-process).
+
+    The latency is the head alone (building the adapted head and scoring the
+    queries), the part of a request that K changes; the backbone's share is the
+    same for every K.
+    """
+    from dataclasses import replace
+
+    from metalearn_server.execution.repository import ModelRepository
+    from metalearn_server.execution.runtime import resolve_providers
+
+    served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
+    distance, defaults = served.config.default_distance, served.config.default_adaptation
+    lines = [f"| K (learning rate {defaults.learning_rate}) | 5-way 1-shot | 5-way 5-shot | head latency, 5-way 5-shot, "
+             "75 queries |", "| --- | --- | --- | --- |"]
+    for k in steps:
+        cells, latency = [], 0.0
+        for shots in (1, 5):
+            sampler = EpisodeSampler(data, 5, shots, 15, seed=seed)
+            accuracies, seconds = [], []
+            for _ in range(episodes):
+                episode = sampler.sample()
+                embeddings = served.embed(to_model_input(np.concatenate([episode.support, episode.query])))
+                onehot = np.eye(5, dtype=np.float32)[episode.support_labels]
+                started = time.perf_counter()
+                head = served.build_head(embeddings[: len(episode.support)], onehot, distance, replace(defaults, steps=k))
+                probabilities = served.score(embeddings[len(episode.support) :], head).probabilities
+                seconds.append(time.perf_counter() - started)
+                accuracies.append(float((probabilities.argmax(1) == episode.query_labels).mean()))
+            values = np.array(accuracies)
+            cells.append(f"{100 * values.mean():.2f} ± {100 * 1.96 * values.std(ddof=1) / math.sqrt(len(values)):.2f}")
+            latency = float(np.median(seconds))
+        lines.append(f"| {k} | {cells[0]} | {cells[1]} | {1000 * latency:.2f} ms |")
+    return "\n".join(lines)
 
 
 def table(results: list[Accuracy]) -> str:
@@ -135,6 +235,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--columns", default="5x1,5x5,20x1,20x5", help="WAYSxSHOTS, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sweep-steps", help="instead: fast-adaptation accuracy and head latency for these "
+                                              "step counts K, comma-separated (in-process)")
     parser.add_argument("--data", help="Omniglot folder (default: $METALEARN_DATA or ../shared/data/omniglot)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--write-card", action="store_true",
@@ -143,17 +245,26 @@ def main(argv: list[str] | None = None) -> None:
     if args.write_card and args.target:
         parser.error("--write-card evaluates the repository's files in-process; drop --target")
 
-    classify = over_grpc(args.target, args.model, args.version) if args.target else \
+    if args.sweep_steps:
+        steps = [int(k) for k in args.sweep_steps.split(",")]
+        print(sweep_adaptation_steps(args.repository, load_split("evaluation", args.data), steps, args.episodes,
+                                     args.seed, args.model, args.version))
+        return
+    backend = over_grpc(args.target, args.model, args.version) if args.target else \
         in_process(args.repository, args.model, args.version)
     data = load_split("evaluation", args.data)
     columns = [tuple(int(x) for x in column.split("x")) for column in args.columns.split(",")]
-    results = [evaluate(classify, data, ways, shots, method, args.episodes, seed=args.seed)
+    results = [evaluate(backend.classify, data, ways, shots, method, args.episodes, seed=args.seed)
                for method in args.methods.split(",") for ways, shots in columns]
+    open_set = [evaluate_open_set(backend, data, 5, shots, args.episodes, seed=args.seed) for shots in (1, 5)]
     print(table(results))
+    print()
+    print(open_set_table(open_set))
     if args.json:
-        args.json.write_text(json.dumps([r.__dict__ for r in results], indent=2))
+        args.json.write_text(json.dumps([r.__dict__ for r in results + open_set], indent=2))
     if args.write_card:
-        write_card(args.repository, args.model, args.version, table(results), args.episodes)
+        write_card(args.repository, args.model, args.version, table(results) + "\n\n" + open_set_table(open_set),
+                   args.episodes)
 
 
 def write_card(repository: Path, model: str, version: str, results: str, episodes: int) -> None:

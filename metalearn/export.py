@@ -9,12 +9,13 @@ unless ``--version`` is given) holding
 * ``backbone.onnx``: images ``[N, 1, 28, 28]`` float32 → embeddings ``[N, D]``;
 * ``prototype_head.onnx``, ``finetune_head.onnx`` and ``linear_head.onnx``:
   the heads of :mod:`metalearn.heads`;
-* ``config.json``: input spec, preprocessing, temperatures and the default
-  method, distance and adaptation, which the server reads;
+* ``config.json``: input spec, preprocessing, temperatures, open-set
+  calibration and the default method, distance and adaptation, which the
+  server reads;
 * ``MODEL_CARD.md``: how the model was trained and on what.
 
-Temperatures and the adaptation learning rate are fitted on the same
-validation alphabets training used for model selection.
+Temperatures, the adaptation learning rate and the open-set calibration are
+fitted on the same validation alphabets training used for model selection.
 """
 from __future__ import annotations
 
@@ -81,8 +82,9 @@ def export_heads(directory: Path, embedding_size: int) -> None:
     weight, bias = PrototypeHead()(support, onehot, cosine)
     export_onnx(script(LinearHead()), (torch.randn(4, embedding_size), weight, bias, cosine, temperature),
                 directory / "linear_head.onnx", ["queries", "weight", "bias", "cosine", "temperature"],
-                ["probabilities"], {"queries": {0: "query_items"}, "weight": {0: "classes"}, "bias": {0: "classes"},
-                                    "probabilities": {0: "query_items", 1: "classes"}})
+                ["probabilities", "distance"],
+                {"queries": {0: "query_items"}, "weight": {0: "classes"}, "bias": {0: "classes"},
+                 "probabilities": {0: "query_items", 1: "classes"}, "distance": {0: "query_items"}})
 
 
 def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str) -> str:
@@ -105,6 +107,7 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         "",
         "## Served defaults (fitted on validation episodes)",
         f"- temperatures: `{json.dumps(config['temperature'])}`",
+        f"- open-set calibration (known-score midpoint, width, default threshold): `{json.dumps(config['open_set'])}`",
         f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
         f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
         "",
@@ -134,6 +137,9 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True),
     }
     learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
+    open_set = {distance: calibration.fit_open_set(*calibration.nearest_class_distances(
+                    backbone, val_data, 400, seed=3, cosine=distance == "cosine"))
+                for distance in ("euclidean", "cosine")}
     config = {
         "backbone": "backbone.onnx",
         "heads": {"prototype": "prototype_head.onnx", "finetune": "finetune_head.onnx", "linear": "linear_head.onnx"},
@@ -144,6 +150,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
             "mean": data.PIXEL_MEAN, "std": data.PIXEL_STD,
         },
         "temperature": temperature,
+        "open_set": open_set,
         "defaults": {
             "method": "prototype",
             "distance": "euclidean",

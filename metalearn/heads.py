@@ -21,7 +21,8 @@ the same formula scores ``2·cos(z, c_k) − 1``.
   where ``P`` are the support probabilities, ``Y`` the one-hot labels and
   ``S`` the number of support items.  With ``steps = 0`` it equals
   :class:`PrototypeHead` exactly.
-* :class:`LinearHead` scores queries with either.
+* :class:`LinearHead` scores queries with either, and says how far each
+  query is from its nearest class (for open-set rejection).
 
 Building the head and scoring queries are separate graphs so that a task
 registered once keeps its head and later queries pay only for the scoring.
@@ -78,8 +79,13 @@ class FineTuneHead(nn.Module):
 
 
 class LinearHead(nn.Module):
-    """Queries and a head ``(W, b)`` → class probabilities ``softmax((z·Wᵀ + b) / T)``."""
+    """Queries and a head ``(W, b)`` → class probabilities ``softmax((z·Wᵀ + b) / T)``, and each
+    query's distance to its nearest class, ``‖z‖² − max_k (z·W_kᵀ + b_k)``: for the prototype head
+    exactly ``min_k ‖z − c_k‖²``, the open-set score of :mod:`metalearn.calibration`."""
 
     def forward(self, queries: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
-                cosine: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-        return torch.softmax((as_head_input(queries, cosine) @ weight.T + bias) / temperature, dim=-1)
+                cosine: torch.Tensor, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = as_head_input(queries, cosine)
+        logits = z @ weight.T + bias
+        distance = (z * z).sum(-1) - logits.max(-1).values
+        return torch.softmax(logits / temperature, dim=-1), distance

@@ -71,6 +71,8 @@ CLASSIFY_CASES = {
     "negative l2": (lambda r, x: setattr(r.adaptation, "l2", -0.5), INVALID, "l2 is -0.5"),
     "unknown method": (lambda r, x: setattr(r, "method", 9), INVALID, "method has the unknown value 9"),
     "unknown distance": (lambda r, x: setattr(r, "distance", 5), INVALID, "distance has the unknown value 5"),
+    "rejection threshold above 1": (lambda r, x: setattr(r, "rejection_threshold", 1.5), INVALID, "rejection_threshold is 1.5"),
+    "NaN rejection threshold": (lambda r, x: setattr(r, "rejection_threshold", float("nan")), INVALID, "rejection_threshold is nan"),
     "top_k too large": (lambda r, x: setattr(r, "top_k", 100_000), INVALID, "top_k is 100000"),
     "unknown model": (lambda r, x: setattr(r, "model", "no-such-model"), NOT_FOUND, "'no-such-model' is not in the repository"),
     "unknown version": (lambda r, x: setattr(r, "model_version", "999"), NOT_FOUND, "no version '999'"),

@@ -40,6 +40,23 @@ def test_classify_a_support_folder(server, episode, tmp_path):
         assert abs(sum(prediction["scores"].values()) - 1) < 1e-4
 
 
+def test_unknown_queries_are_marked(server, episode, evaluation_data, tmp_path):
+    support = tmp_path / "letters"
+    for index, (image, label) in enumerate(zip(episode.support, labels_of(episode, episode.support_labels))):
+        (support / label).mkdir(parents=True, exist_ok=True)
+        (support / label / f"{index}.png").write_bytes(as_png(image))
+    outsider = next(c for c in range(evaluation_data.num_classes) if c not in episode.classes)
+    known, stranger = tmp_path / "known.png", tmp_path / "stranger.png"
+    known.write_bytes(as_png(episode.query[0]))
+    stranger.write_bytes(as_png(evaluation_data.images[outsider, 0]))
+    result = run_cli(server, "classify", "--support", str(support), "--rejection-threshold", "0.5",
+                     str(known), str(stranger))
+    assert result.returncode == 0, result.stderr
+    lines = dict(line.split("\t")[:2] for line in result.stdout.strip().splitlines())
+    assert lines[str(known)] == labels_of(episode, episode.query_labels[:1])[0]
+    assert lines[str(stranger)] == "(unknown)"
+
+
 def test_models_and_health(server):
     models = run_cli(server, "models")
     assert models.returncode == 0 and "omniglot-conv4 (default)" in models.stdout

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 
-from metalearn.evaluate import evaluate, in_process, over_grpc, table
+from metalearn.evaluate import evaluate, evaluate_open_set, in_process, open_set_table, over_grpc, table
 from metalearn_server.execution.repository import BUNDLED_REPOSITORY
 
 
 @pytest.mark.parametrize("method", ["prototype", "finetune"])
 def test_grpc_and_in_process_agree(server, evaluation_data, method):
-    local = evaluate(in_process(BUNDLED_REPOSITORY), evaluation_data, 5, 1, method, episodes=30, seed=3)
-    remote = evaluate(over_grpc(server.target), evaluation_data, 5, 1, method, episodes=30, seed=3)
+    local = evaluate(in_process(BUNDLED_REPOSITORY).classify, evaluation_data, 5, 1, method, episodes=30, seed=3)
+    remote = evaluate(over_grpc(server.target).classify, evaluation_data, 5, 1, method, episodes=30, seed=3)
     assert remote.mean == pytest.approx(local.mean, abs=1 / (30 * 75))  # at most one query in 30 episodes differs
     assert remote.ece == pytest.approx(local.ece, abs=1e-3)
     assert local.ci95 > 0 and local.episodes == 30
@@ -27,3 +27,26 @@ def test_expected_calibration_error():
     assert expected_calibration_error(np.array([[1.0, 0.0]] * 4), labels) == 0
     half_right = np.array([[0.9, 0.1], [0.9, 0.1], [0.1, 0.9], [0.1, 0.9]])
     assert abs(expected_calibration_error(half_right, labels) - 0.4) < 1e-9
+
+
+def test_open_set_evaluation_agrees_and_separates(server, evaluation_data):
+    local_backend, remote_backend = in_process(BUNDLED_REPOSITORY), over_grpc(server.target)
+    assert local_backend.rejection_threshold == pytest.approx(remote_backend.rejection_threshold)
+    local = evaluate_open_set(local_backend, evaluation_data, 5, 1, episodes=20, seed=5)
+    remote = evaluate_open_set(remote_backend, evaluation_data, 5, 1, episodes=20, seed=5)
+    assert remote.auroc == pytest.approx(local.auroc, abs=1e-3)
+    assert remote.known_accuracy == pytest.approx(local.known_accuracy, abs=1e-3)
+    # Queries from outside the episode score lower than known ones far more often than not.
+    assert local.auroc > 0.8
+    assert "| 5-way 1-shot |" in open_set_table([local])
+
+
+def test_auroc():
+    import numpy as np
+
+    from metalearn.evaluate import auroc
+
+    assert auroc(np.array([3.0, 4.0]), np.array([1.0, 2.0])) == 1.0
+    assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
+    assert auroc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5
+    assert auroc(np.array([2.0]), np.array([2.0])) == 0.5  # ties count half

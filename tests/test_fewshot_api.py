@@ -156,3 +156,32 @@ def test_models(client):
     assert "background" in model.model_card
     assert model.default_adaptation.steps > 0 and model.default_adaptation.learning_rate > 0
     assert client.get_model().name == "omniglot-conv4"  # empty name: the default model
+
+
+def test_open_set_rejects_queries_unlike_every_class(client, evaluation_data):
+    from metalearn.episodes import EpisodeSampler
+
+    episode, strangers = EpisodeSampler(evaluation_data, 5, 5, 10, seed=11).sample_open_set(unknown_ways=5)
+    support, labels = as_tensor(episode.support), labels_of(episode, episode.support_labels)
+    queries = as_tensor(np.concatenate([episode.query, strangers]))
+    inside = len(episode.query)
+
+    default = client.classify(support, labels, queries)
+    known_scores = np.array([p.known_score for p in default.predictions])
+    assert known_scores[:inside].mean() > 0.8 > 0.2 > known_scores[inside:].mean()
+    rejected = np.array([p.unknown for p in default.predictions])
+    assert rejected[:inside].mean() <= 0.05  # the default threshold keeps ~99% of known queries
+    assert all(p.label == "" for p in default.predictions if p.unknown)
+    assert all(p.top_k and abs(p.scores.sum() - 1) < 1e-4 for p in default.predictions)  # scores still there
+
+    strict = client.classify(support, labels, queries, rejection_threshold=0.5)
+    assert np.array([p.unknown for p in strict.predictions])[inside:].mean() >= 0.8
+    never = client.classify(support, labels, queries, rejection_threshold=0.0)
+    assert not any(p.unknown for p in never.predictions)
+    assert client.get_model().default_rejection_threshold == pytest.approx(
+        min(p.known_score for p in default.predictions if not p.unknown), abs=1.0)  # a probability in [0, 1]
+
+    task = client.create_task(support, labels)
+    cached = client.classify_task(task.task_id, queries, rejection_threshold=0.5)
+    assert [p.unknown for p in cached.predictions] == [p.unknown for p in strict.predictions]
+    client.delete_task(task.task_id)

@@ -29,13 +29,16 @@ def test_prototypes_by_hand():
 @pytest.mark.parametrize("cosine", [False, True])
 def test_prototype_head_is_protonet_softmax(cosine):
     weight, bias = PrototypeHead()(SUPPORT, ONEHOT, torch.tensor(cosine))
-    probs = LinearHead()(QUERIES, weight, bias, torch.tensor(cosine), TEMPERATURE)
+    probs, nearest = LinearHead()(QUERIES, weight, bias, torch.tensor(cosine), TEMPERATURE)
     if cosine:
         unit = torch.nn.functional.normalize
         protos = unit(protonet.prototypes(unit(SUPPORT, dim=1), LABELS, 3), dim=1)
         expected = torch.softmax(2 * unit(QUERIES, dim=1) @ protos.T / TEMPERATURE, -1)
     else:
         expected = torch.softmax(protonet.logits(QUERIES, protonet.prototypes(SUPPORT, LABELS, 3)) / TEMPERATURE, -1)
+        # The open-set distance is the squared distance to the nearest prototype.
+        distances = protonet.squared_euclidean(QUERIES, protonet.prototypes(SUPPORT, LABELS, 3))
+        torch.testing.assert_close(nearest, distances.min(-1).values, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(probs, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -85,10 +88,11 @@ def test_onnx_heads_match_torch(tmp_path, cosine, steps):
     torch_head = FineTuneHead()(SUPPORT, ONEHOT, flag, TEMPERATURE, torch.tensor(steps), rate, l2)
     for onnx_value, torch_value in zip(onnx_head, torch_head):
         np.testing.assert_allclose(onnx_value, torch_value.numpy(), rtol=1e-5, atol=1e-6)
-    probs = sessions["linear"].run(None, {"queries": QUERIES.numpy(), "weight": onnx_head[0], "bias": onnx_head[1],
-                                          "cosine": np.array(cosine), "temperature": np.array(2.0, np.float32)})[0]
-    expected = LinearHead()(QUERIES, *torch_head, flag, TEMPERATURE).numpy()
-    np.testing.assert_allclose(probs, expected, rtol=1e-5, atol=1e-6)
+    outputs = sessions["linear"].run(None, {"queries": QUERIES.numpy(), "weight": onnx_head[0], "bias": onnx_head[1],
+                                            "cosine": np.array(cosine), "temperature": np.array(2.0, np.float32)})
+    expected = LinearHead()(QUERIES, *torch_head, flag, TEMPERATURE)
+    for onnx_value, torch_value in zip(outputs, expected):
+        np.testing.assert_allclose(onnx_value, torch_value.numpy(), rtol=1e-5, atol=1e-5)
     prototype = sessions["prototype"].run(None, feeds)
     if steps == 0:
         np.testing.assert_allclose(prototype[0], onnx_head[0], rtol=1e-6)

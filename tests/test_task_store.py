@@ -17,7 +17,8 @@ class Clock:
         return self.now
 
 
-HEAD = Head(np.zeros((2, 4), np.float32), np.zeros(2, np.float32), cosine=False, temperature=1.0)
+WEIGHT, BIAS = np.zeros((2, 4), np.float32), np.zeros(2, np.float32)
+HEAD = Head(WEIGHT, BIAS, distance="euclidean", temperature=1.0, prototype_weight=WEIGHT, prototype_bias=BIAS)
 
 
 def make_store(max_tasks: int = 3) -> tuple[TaskStore, Clock, list[str]]:

@@ -20,6 +20,8 @@ from metalearn_client.client import Client
 from metalearn_client.errors import MetalearnError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
+#: Shown for a query unlike every support class (see --rejection-threshold).
+UNKNOWN = "(unknown)"
 
 
 def read_support_folder(folder: Path) -> tuple[list[Path], list[str]]:
@@ -40,18 +42,21 @@ def classify(client: Client, args: argparse.Namespace) -> None:
     paths, labels = read_support_folder(args.support)
     result = client.classify(paths, labels, args.queries, model=args.model, version=args.model_version,
                              method=args.method, distance=args.distance, steps=args.steps,
-                             learning_rate=args.learning_rate, top_k=args.top_k)
+                             learning_rate=args.learning_rate, top_k=args.top_k,
+                             rejection_threshold=args.rejection_threshold)
     if args.json:
         print(json.dumps({
             "model": result.model, "model_version": result.model_version, "method": result.method,
             "classes": result.classes,
-            "predictions": [{"query": str(path), "label": p.label, "scores": dict(zip(result.classes, p.scores.tolist()))}
+            "predictions": [{"query": str(path), "label": p.label, "unknown": p.unknown, "known_score": p.known_score,
+                             "scores": dict(zip(result.classes, p.scores.tolist()))}
                             for path, p in zip(args.queries, result.predictions)],
         }, indent=2))
         return
     for path, prediction in zip(args.queries, result.predictions):
         ranked = ", ".join(f"{label} {score:.3f}" for label, score in prediction.top_k)
-        print(f"{path}\t{prediction.label}\t{ranked}")
+        label = UNKNOWN if prediction.unknown else prediction.label
+        print(f"{path}\t{label}\t{ranked}")
 
 
 def models(client: Client, args: argparse.Namespace) -> None:
@@ -88,6 +93,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, help="fast-adaptation steps (finetune)")
     run.add_argument("--learning-rate", type=float, help="fast-adaptation learning rate (finetune)")
     run.add_argument("--top-k", type=int, default=3, help="best classes shown per query (default: %(default)s)")
+    run.add_argument("--rejection-threshold", type=float,
+                     help=f"queries whose known-score is below it print as {UNKNOWN} "
+                          "(default: the model's; 0: never)")
     run.add_argument("--json", action="store_true", help="print JSON instead of one line per query")
     run.set_defaults(handler=classify)
 

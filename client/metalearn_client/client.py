@@ -33,9 +33,11 @@ _DISTANCE_NAMES = {value: name for name, value in DISTANCES.items() if name}
 
 @dataclass(frozen=True)
 class Prediction:
-    label: str
+    label: str  # empty when unknown
     scores: np.ndarray  # probabilities aligned with Classification.classes
     top_k: list[tuple[str, float]]
+    known_score: float  # calibrated probability that the query is one of the classes at all
+    unknown: bool  # known_score fell below the rejection threshold
 
 
 @dataclass(frozen=True)
@@ -69,7 +71,8 @@ class Task:
 
 
 def _predictions(messages: Iterable[fewshot_pb2.Prediction]) -> list[Prediction]:
-    return [Prediction(p.label, np.array(p.scores, dtype=np.float32), [(s.label, s.score) for s in p.top_k])
+    return [Prediction(p.label, np.array(p.scores, dtype=np.float32), [(s.label, s.score) for s in p.top_k],
+                       p.known_score, p.unknown)
             for p in messages]
 
 
@@ -116,14 +119,18 @@ class Client:
     def classify(self, support: ItemsLike, labels: Sequence[str], queries: ItemsLike, *, model: str = "",
                  version: str = "", method: str | None = None, distance: str | None = None,
                  steps: int | None = None, learning_rate: float | None = None, l2: float | None = None,
-                 top_k: int = 1, timeout: float | None = None) -> Classification:
-        """Label ``queries`` against a support set (one label per support item)."""
+                 top_k: int = 1, rejection_threshold: float | None = None,
+                 timeout: float | None = None) -> Classification:
+        """Label ``queries`` against a support set (one label per support item).
+
+        ``rejection_threshold``: queries whose known-score is below it come back
+        ``unknown`` (None: the model's default, 0: never)."""
         request = fewshot_pb2.ClassifyRequest(
             model=model, model_version=version,
             support=fewshot_pb2.SupportSet(items=to_items(support), labels=list(labels)),
             queries=to_items(queries), method=_enum(METHODS, method, "method"),
             adaptation=_adaptation(steps, learning_rate, l2), distance=_enum(DISTANCES, distance, "distance"),
-            top_k=top_k)
+            top_k=top_k, rejection_threshold=rejection_threshold)
         response = self._call("Classify", self._fewshot.Classify, request, timeout)
         return Classification(list(response.classes), _predictions(response.predictions), response.model,
                               response.model_version, _METHOD_NAMES.get(response.method, ""),
@@ -145,15 +152,17 @@ class Client:
                     _DISTANCE_NAMES.get(response.distance, ""))
 
     def classify_task(self, task_id: str, queries: ItemsLike, *, top_k: int = 1,
-                      timeout: float | None = None) -> Classification:
-        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries), top_k=top_k)
+                      rejection_threshold: float | None = None, timeout: float | None = None) -> Classification:
+        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries), top_k=top_k,
+                                                  rejection_threshold=rejection_threshold)
         response = self._call("ClassifyTask", self._fewshot.ClassifyTask, request, timeout)
         return Classification(list(response.classes), _predictions(response.predictions))
 
     def stream(self, task_id: str, batches: Iterable[ItemsLike], *, top_k: int = 1,
-               timeout: float | None = None) -> Iterator[Classification]:
+               rejection_threshold: float | None = None, timeout: float | None = None) -> Iterator[Classification]:
         """Classify batches of queries over one bidirectional stream; yields one result per batch."""
-        requests = (fewshot_pb2.StreamClassifyTaskRequest(task_id=task_id, queries=to_items(batch), top_k=top_k)
+        requests = (fewshot_pb2.StreamClassifyTaskRequest(task_id=task_id, queries=to_items(batch), top_k=top_k,
+                                                          rejection_threshold=rejection_threshold)
                     for batch in batches)
         try:
             for response in self._fewshot.StreamClassifyTask(requests, timeout=timeout or self.timeout):

@@ -13,12 +13,12 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from metalearn_server import validation
-from metalearn_server.execution.model import FewShotModel, Head
+from metalearn_server.execution.model import FewShotModel, Head, Scores
 from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.preprocessing import decode_images
 from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
-from metalearn_server.requests import Classification, Items, SupportRequest
+from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
 from metalearn_server.scheduling.task_store import Task, TaskStore
 from metalearn_server.validation import Limits
 
@@ -68,7 +68,7 @@ class DataPlane:
         with self.metrics.stage("head", model.name):
             return model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
 
-    def _score(self, model: FewShotModel, queries: np.ndarray, head: Head) -> np.ndarray:
+    def _score(self, model: FewShotModel, queries: np.ndarray, head: Head) -> Scores:
         with self.metrics.stage("head", model.name):
             return model.score(queries, head)
 
@@ -85,21 +85,27 @@ class DataPlane:
         self.metrics.support_items.labels(rpc).observe(request.items.count)
         return model, method, distance, adaptation, classes, targets
 
-    async def classify(self, request: SupportRequest, queries: Items, top_k: int) -> Classification:
-        model, method, distance, adaptation, classes, targets = self._resolve(request, "Classify")
-        validation.require_items(queries, "queries", self.limits.max_query_items)
-        top_k = validation.top_k(top_k, self.limits)
-        self.metrics.query_items.labels("Classify").observe(queries.count)
+    def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, rpc: str) -> tuple[int, float]:
+        """Check the query side; return the resolved top k and rejection threshold."""
+        validation.require_items(request.items, "queries", self.limits.max_query_items)
+        self.metrics.query_items.labels(rpc).observe(request.items.count)
+        return (validation.top_k(request.top_k, self.limits),
+                validation.rejection_threshold(request.rejection_threshold, model, distance))
 
-        def work() -> np.ndarray:
+    async def classify(self, request: SupportRequest, queries: QueryRequest) -> Classification:
+        model, method, distance, adaptation, classes, targets = self._resolve(request, "Classify")
+        top_k, threshold = self._queries(queries, model, distance, "Classify")
+
+        def work() -> Scores:
             support_input = self._model_input(model, request.items, "support.items")
-            query_input = self._model_input(model, queries, "queries")
+            query_input = self._model_input(model, queries.items, "queries")
             support, query = self._embed(model, support_input, query_input)
             head = self._head(model, support, targets, len(classes), method, distance, adaptation)
             return self._score(model, query, head)
 
-        probabilities = await self._run(work)
-        return Classification(model.name, model.version, classes, probabilities, method, distance, top_k)
+        scores = await self._run(work)
+        return Classification(model.name, model.version, classes, scores.probabilities, scores.known, threshold,
+                              method, distance, top_k)
 
     async def create_task(self, request: SupportRequest, ttl_seconds: int) -> Task:
         model, method, distance, adaptation, classes, targets = self._resolve(request, "CreateTask")
@@ -111,20 +117,18 @@ class DataPlane:
         head = await self._run(work)
         return self.tasks.add(model, classes, head, method, distance, ttl_seconds)
 
-    async def classify_task(self, task_id: str, queries: Items, top_k: int, rpc: str) -> Classification:
+    async def classify_task(self, task_id: str, queries: QueryRequest, rpc: str) -> Classification:
         task = self.tasks.get(task_id)
         label_request(task.model.name, task.method)
-        validation.require_items(queries, "queries", self.limits.max_query_items)
-        top_k = validation.top_k(top_k, self.limits)
-        self.metrics.query_items.labels(rpc).observe(queries.count)
+        top_k, threshold = self._queries(queries, task.model, task.distance, rpc)
 
-        def work() -> np.ndarray:
-            (query,) = self._embed(task.model, self._model_input(task.model, queries, "queries"))
+        def work() -> Scores:
+            (query,) = self._embed(task.model, self._model_input(task.model, queries.items, "queries"))
             return self._score(task.model, query, task.head)
 
-        probabilities = await self._run(work)
-        return Classification(task.model.name, task.model.version, task.classes, probabilities,
-                              task.method, task.distance, top_k)
+        scores = await self._run(work)
+        return Classification(task.model.name, task.model.version, task.classes, scores.probabilities, scores.known,
+                              threshold, task.method, task.distance, top_k)
 
     def delete_task(self, task_id: str) -> None:
         self.tasks.delete(task_id)

@@ -46,13 +46,28 @@ class SupportRequest:
 
 
 @dataclass(frozen=True)
+class QueryRequest:
+    """The query side of Classify, ClassifyTask and StreamClassifyTask."""
+
+    items: Items
+    top_k: int = 0
+    rejection_threshold: float | None = None  # None: the model's default
+
+
+@dataclass(frozen=True)
 class Classification:
-    """Probabilities ``[queries, classes]`` with the classes in support order."""
+    """Probabilities ``[queries, classes]`` with the classes in support order, and the open-set verdict."""
 
     model: str
     model_version: str
     classes: tuple[str, ...]
     probabilities: np.ndarray
+    known: np.ndarray  # [queries] known-scores
+    rejection_threshold: float
     method: str
     distance: str
     top_k: int
+
+    @property
+    def unknown(self) -> np.ndarray:
+        return self.known < self.rejection_threshold

@@ -111,6 +111,14 @@ def adaptation(requested: AdaptationRequest, model: FewShotModel, limits: Limits
     return Adaptation(steps=steps, learning_rate=rate, l2=l2)
 
 
+def rejection_threshold(requested: float | None, model: FewShotModel, distance: str) -> float:
+    if requested is None:
+        return model.config.open_set[distance].threshold
+    if not (math.isfinite(requested) and 0 <= requested <= 1):
+        raise InvalidArgument(f"rejection_threshold is {requested}; it must be within [0, 1] (0 never rejects)")
+    return requested
+
+
 def top_k(requested: int, limits: Limits) -> int:
     if requested > limits.max_top_k:
         raise InvalidArgument(f"top_k is {requested}; it must be at most {limits.max_top_k}")

@@ -18,17 +18,34 @@ from metalearn_server.execution.runtime import create_session
 
 
 @dataclass(frozen=True)
+class Scores:
+    """Class probabilities ``[Q, classes]`` and each query's open-set known-score ``[Q]``."""
+
+    probabilities: np.ndarray
+    known: np.ndarray
+
+
+@dataclass(frozen=True)
 class Head:
     """A linear classifier over embeddings: ``softmax((z·Wᵀ + b) / T)``."""
 
     weight: np.ndarray  # [classes, embedding_size]
     bias: np.ndarray  # [classes]
-    cosine: bool
+    distance: str
     temperature: float
+    # The prototype head, which the open-set calibration was fitted on: the
+    # known-score measures the distance to the class prototypes whatever the method.
+    prototype_weight: np.ndarray
+    prototype_bias: np.ndarray
+
+    @property
+    def adapted(self) -> bool:
+        return self.weight is not self.prototype_weight
 
     @property
     def nbytes(self) -> int:
-        return self.weight.nbytes + self.bias.nbytes
+        own = self.weight.nbytes + self.bias.nbytes
+        return own + (self.prototype_weight.nbytes + self.prototype_bias.nbytes if self.adapted else 0)
 
 
 class FewShotModel:
@@ -59,8 +76,9 @@ class FewShotModel:
         cosine = distance == "cosine"
         temperature = self.config.temperature[distance]
         inputs = {"support": support, "support_onehot": support_onehot, "cosine": np.array(cosine)}
+        prototype_weight, prototype_bias = self.prototype_head.run(None, inputs)
         if adaptation is None:
-            weight, bias = self.prototype_head.run(None, inputs)
+            weight, bias = prototype_weight, prototype_bias
         else:
             weight, bias = self.finetune_head.run(None, {
                 **inputs,
@@ -69,11 +87,17 @@ class FewShotModel:
                 "learning_rate": np.array(adaptation.learning_rate, np.float32),
                 "l2": np.array(adaptation.l2, np.float32),
             })
-        return Head(weight=weight, bias=bias, cosine=cosine, temperature=temperature)
+        return Head(weight, bias, distance, temperature, prototype_weight, prototype_bias)
 
-    def score(self, queries: np.ndarray, head: Head) -> np.ndarray:
-        """Class probabilities ``[Q, classes]`` of query embeddings under ``head``."""
+    def score(self, queries: np.ndarray, head: Head) -> Scores:
+        """Class probabilities of query embeddings under ``head``, and how likely each is any class at all."""
+        probabilities, nearest = self._linear(queries, head.weight, head.bias, head)
+        if head.adapted:
+            _, nearest = self._linear(queries, head.prototype_weight, head.prototype_bias, head)
+        return Scores(probabilities, self.config.open_set[head.distance].known_score(nearest))
+
+    def _linear(self, queries: np.ndarray, weight: np.ndarray, bias: np.ndarray, head: Head) -> list[np.ndarray]:
         return self.linear_head.run(None, {
-            "queries": queries, "weight": head.weight, "bias": head.bias,
-            "cosine": np.array(head.cosine), "temperature": np.array(head.temperature, np.float32),
-        })[0]
+            "queries": queries, "weight": weight, "bias": bias,
+            "cosine": np.array(head.distance == "cosine"), "temperature": np.array(head.temperature, np.float32),
+        })

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from metalearn_server.execution.open_set import OpenSetCalibration
 METHODS = ("prototype", "finetune")
 DISTANCES = ("euclidean", "cosine")
 INPUT_DTYPES = ("float32",)
@@ -69,6 +70,7 @@ class ModelConfig:
     default_method: str
     default_distance: str
     default_adaptation: Adaptation
+    open_set: dict[str, OpenSetCalibration]
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
@@ -87,6 +89,16 @@ class ModelConfig:
         if dtype not in INPUT_DTYPES:
             raise ConfigError(f"input.dtype: {dtype!r} is not one of {INPUT_DTYPES}")
         temperature = {d: float(_field(temps, d, (int, float), "temperature")) for d in DISTANCES}
+        open_set_raw = _field(raw, "open_set", dict, "config")
+        open_set = {}
+        for distance in DISTANCES:
+            section = _field(open_set_raw, distance, dict, "open_set")
+            where = f"open_set.{distance}"
+            calibration = OpenSetCalibration(*(float(_field(section, k, (int, float), where))
+                                               for k in ("midpoint", "width", "threshold")))
+            if not (calibration.width > 0 and 0 <= calibration.threshold <= 1):
+                raise ConfigError(f"{where}: width must be positive and threshold within [0, 1]")
+            open_set[distance] = calibration
         if not all(t > 0 and math.isfinite(t) for t in temperature.values()):
             raise ConfigError(f"temperature: must be positive, got {temperature}")
         config = cls(
@@ -114,6 +126,7 @@ class ModelConfig:
                 learning_rate=float(_field(adapt, "learning_rate", (int, float), "defaults.adaptation")),
                 l2=float(_field(adapt, "l2", (int, float), "defaults.adaptation")),
             ),
+            open_set=open_set,
         )
         if config.default_method not in METHODS:
             raise ConfigError(f"defaults.method: {config.default_method!r} is not one of {METHODS}")

@@ -13,7 +13,7 @@ import numpy as np
 from metalearn.v1 import fewshot_pb2, tensor_pb2
 
 from metalearn_server.errors import InvalidArgument
-from metalearn_server.requests import AdaptationRequest, Classification, Items, SupportRequest
+from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
 
 DTYPES = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -84,15 +84,29 @@ def support_request(message: fewshot_pb2.ClassifyRequest | fewshot_pb2.CreateTas
     )
 
 
+QueryMessage = fewshot_pb2.ClassifyRequest | fewshot_pb2.ClassifyTaskRequest | fewshot_pb2.StreamClassifyTaskRequest
+
+
+def query_request(message: QueryMessage) -> QueryRequest:
+    return QueryRequest(
+        items=items_from_proto(message.queries, "queries"),
+        top_k=message.top_k,
+        rejection_threshold=message.rejection_threshold if message.HasField("rejection_threshold") else None,
+    )
+
+
 def predictions(result: Classification) -> list[fewshot_pb2.Prediction]:
-    """One Prediction per query: best label, scores aligned with the classes, top k."""
+    """One Prediction per query: best label (none if unknown), scores aligned with the classes, top k."""
     k = min(result.top_k, len(result.classes))
     best = np.argsort(-result.probabilities, axis=1, kind="stable")[:, :k]
     out = []
-    for scores, ranked in zip(result.probabilities.tolist(), best.tolist()):
+    rows = zip(result.probabilities.tolist(), best.tolist(), result.known.tolist(), result.unknown.tolist())
+    for scores, ranked, known, unknown in rows:
         out.append(fewshot_pb2.Prediction(
-            label=result.classes[ranked[0]],
+            label="" if unknown else result.classes[ranked[0]],
             scores=scores,
             top_k=[fewshot_pb2.ScoredLabel(label=result.classes[i], score=scores[i]) for i in ranked],
+            known_score=known,
+            unknown=unknown,
         ))
     return out

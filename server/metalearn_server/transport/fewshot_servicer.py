@@ -16,8 +16,7 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
         self.dataplane = dataplane
 
     async def Classify(self, request: fewshot_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyResponse:
-        result = await self.dataplane.classify(
-            codec.support_request(request), codec.items_from_proto(request.queries, "queries"), request.top_k)
+        result = await self.dataplane.classify(codec.support_request(request), codec.query_request(request))
         return fewshot_pb2.ClassifyResponse(
             classes=result.classes, predictions=codec.predictions(result), model=result.model,
             model_version=result.model_version, method=codec.METHOD_ENUMS[result.method],
@@ -33,17 +32,15 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
             distance=codec.DISTANCE_ENUMS[task.distance])
 
     async def ClassifyTask(self, request: fewshot_pb2.ClassifyTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyTaskResponse:
-        result = await self.dataplane.classify_task(
-            request.task_id, codec.items_from_proto(request.queries, "queries"), request.top_k, "ClassifyTask")
+        result = await self.dataplane.classify_task(request.task_id, codec.query_request(request), "ClassifyTask")
         return fewshot_pb2.ClassifyTaskResponse(
             task_id=request.task_id, classes=result.classes, predictions=codec.predictions(result))
 
     async def StreamClassifyTask(self, requests: AsyncIterator[fewshot_pb2.StreamClassifyTaskRequest],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[fewshot_pb2.StreamClassifyTaskResponse]:
         async for request in requests:
-            result = await self.dataplane.classify_task(
-                request.task_id, codec.items_from_proto(request.queries, "queries"), request.top_k,
-                "StreamClassifyTask")
+            result = await self.dataplane.classify_task(request.task_id, codec.query_request(request),
+                                                        "StreamClassifyTask")
             yield fewshot_pb2.StreamClassifyTaskResponse(
                 task_id=request.task_id, classes=result.classes, predictions=codec.predictions(result))
 

@@ -42,4 +42,5 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
                                                       l2=adaptation.l2),
             execution_providers=model.providers,
             model_card=model.model_card,
+            default_rejection_threshold=config.open_set[config.default_distance].threshold,
         )
