@@ -14,9 +14,10 @@ TRAINING_SOURCES := pyproject.toml $(shell find metalearn -name '*.py')
 SERVE_ARGS ?=
 TRAIN_ARGS ?=
 EVAL_ARGS ?=
+BENCH_ARGS ?=
 DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
 
-.PHONY: install dev serve system-tools test model eval clean
+.PHONY: install dev serve system-tools test model eval bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +60,11 @@ model: dev
 # Accuracy on the held-out `evaluation` alphabets; EVAL_ARGS="--target host:port" goes through a server.
 eval: dev
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) $(EVAL_ARGS)
+
+# Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch);
+# writes docs/benchmarks/cpu.{json,md}. About 10 minutes on 2 cores.
+bench: dev
+	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) protos/build client/build server/build build *.egg-info */*.egg-info

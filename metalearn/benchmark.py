@@ -1,0 +1,368 @@
+"""Side-by-side latency and throughput: the ONNX Runtime limit, metalearn over gRPC, eager PyTorch.
+
+    python -m metalearn.benchmark            # `make bench`
+
+Three ways to answer the same few-shot episode, measured in one run on one
+machine so that only ratios are compared:
+
+1. **limit**: in-process, straight on the served model's ONNX Runtime sessions
+   (backbone, then the heads), no gRPC: what a request cannot beat;
+2. **metalearn**: the Python client over gRPC on loopback to a
+   ``metalearn-server`` this command starts;
+3. **peer**: the episode in eager PyTorch as a tutorial writes it (Conv-4,
+   class means, ``cdist``, softmax), the do-it-yourself alternative.
+
+Every cell runs closed-loop clients (``concurrency`` threads, each sending its
+next request when the last is answered) for a fixed time after a warm-up.
+Results go to ``docs/benchmarks/<name>.json`` and ``.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from metalearn.data import load_split, to_model_input
+from metalearn.episodes import EpisodeSampler
+
+
+@dataclass(frozen=True)
+class Shape:
+    name: str
+    ways: int
+    shots: int
+    queries: int  # in all, not per class
+    task: bool = False  # ClassifyTask on a cached task instead of Classify
+
+
+SHAPES = (
+    Shape("5-way 1-shot, 5 queries", 5, 1, 5),
+    Shape("5-way 1-shot, 75 queries", 5, 1, 75),
+    Shape("5-way 5-shot, 5 queries", 5, 5, 5),
+    Shape("5-way 5-shot, 75 queries", 5, 5, 75),
+    Shape("20-way 5-shot, 100 queries", 20, 5, 100),
+    Shape("ClassifyTask, 5-way 5-shot task, 75 queries", 5, 5, 75, task=True),
+)
+CONCURRENCY = (1, 4, 16, 64)
+
+
+@dataclass
+class Cell:
+    system: str
+    shape: str
+    concurrency: int
+    requests: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    throughput: float  # requests per second
+    server_cpu: float | None = None  # CPU-seconds per second (2.0 = both cores busy)
+    server_rss_mb: float | None = None
+
+
+def episode_arrays(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Support images, labels and queries in the model's input format."""
+    data = load_split("evaluation")
+    per_class = -(-shape.queries // shape.ways)
+    episode = EpisodeSampler(data, shape.ways, shape.shots, per_class, seed=seed).sample()
+    return (to_model_input(episode.support), episode.support_labels,
+            to_model_input(episode.query[: shape.queries]))
+
+
+def closed_loop(call: Callable[[], object], concurrency: int, seconds: float, warmup: float) -> tuple[list[float], float]:
+    """Latencies of every request completed in the measured window, and that window's length."""
+    stop_at = time.perf_counter() + warmup + seconds
+    measure_from = time.perf_counter() + warmup
+    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+    errors: list[BaseException] = []
+
+    def worker(mine: list[float]) -> None:
+        try:
+            while (start := time.perf_counter()) < stop_at:
+                call()
+                if start >= measure_from:
+                    mine.append(time.perf_counter() - start)
+        except BaseException as error:  # noqa: BLE001 - surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=worker, args=(mine,)) for mine in latencies]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return [x for mine in latencies for x in mine], seconds
+
+
+def summarise(system: str, shape: Shape, concurrency: int, latencies: list[float], seconds: float) -> Cell:
+    ordered = sorted(latencies)
+
+    def pct(p: float) -> float:
+        return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
+
+    return Cell(system, shape.name, concurrency, len(ordered), 1000 * statistics.median(ordered), pct(0.95),
+                pct(0.99), len(ordered) / seconds)
+
+
+class ServerProcess:
+    """A metalearn-server on free loopback ports, with its CPU time and RSS read from /proc."""
+
+    def __init__(self, extra: list[str]) -> None:
+        from metalearn_client import Client, MetalearnError
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "metalearn_server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--metrics-port", "0", "--log-level", "WARNING", *extra])
+        with Client(self.target, timeout=1.0) as client:
+            for _ in range(600):
+                try:
+                    if client.health() == "SERVING":
+                        return
+                except MetalearnError:
+                    time.sleep(0.1)
+        raise RuntimeError("the server did not start")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def limit_call(model, shape: Shape, arrays) -> Callable[[], object]:
+    """The episode on the served model's own sessions, in-process."""
+    support, labels, queries = arrays
+    onehot = np.eye(shape.ways, dtype=np.float32)[labels]
+    distance = model.config.default_distance
+    if shape.task:
+        head = model.build_head(model.embed(support), onehot, distance, None)
+        return lambda: model.score(model.embed(queries), head)
+
+    def call() -> object:
+        embeddings = model.embed(np.concatenate([support, queries]))
+        head = model.build_head(embeddings[: len(support)], onehot, distance, None)
+        return model.score(embeddings[len(support) :], head)
+
+    return call
+
+
+def peer_call(shape: Shape, arrays) -> Callable[[], object]:
+    """Eager PyTorch, as a tutorial writes a ProtoNet episode (weights do not change the cost)."""
+    import torch
+
+    from metalearn.backbones import Conv4
+
+    support, labels, queries = (torch.from_numpy(a) for a in arrays)
+    backbone = Conv4().eval()
+
+    @torch.no_grad()
+    def call() -> object:
+        embeddings = backbone(torch.cat([support, queries]))
+        s, q = embeddings[: len(support)], embeddings[len(support) :]
+        prototypes = torch.stack([s[labels == k].mean(0) for k in range(shape.ways)])
+        return torch.softmax(-torch.cdist(q, prototypes) ** 2, dim=-1)
+
+    return call
+
+
+def metalearn_call(client, shape: Shape, arrays) -> Callable[[], object]:
+    support, labels, queries = arrays
+    names = [f"class-{k}" for k in labels]
+    if shape.task:
+        task = client.create_task(support, names, ttl_seconds=3600)
+        return lambda: client.classify_task(task.task_id, queries)
+    return lambda: client.classify(support, names, queries)
+
+
+def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: tuple[int, ...],
+        soak_requests: int, server_args: list[str]) -> dict:
+    from metalearn_client import Client
+    from metalearn_server.execution.repository import BUNDLED_REPOSITORY, ModelRepository
+    from metalearn_server.execution.runtime import resolve_providers
+
+    model = ModelRepository(BUNDLED_REPOSITORY, resolve_providers(["CPUExecutionProvider"])).get()
+    server = ServerProcess(server_args)
+    cells: list[Cell] = []
+    try:
+        with Client(server.target, timeout=60.0) as client:
+            for shape in shapes:
+                arrays = episode_arrays(shape)
+                systems = {"limit": limit_call(model, shape, arrays), "metalearn": metalearn_call(client, shape, arrays)}
+                if not shape.task:
+                    systems["peer"] = peer_call(shape, arrays)
+                for name, call in systems.items():
+                    for c in concurrency:
+                        cpu_before = server.cpu_seconds()
+                        latencies, window = closed_loop(call, c, seconds, warmup)
+                        cell = summarise(name, shape, c, latencies, window)
+                        if name == "metalearn":
+                            cell.server_cpu = (server.cpu_seconds() - cpu_before) / (window + warmup)
+                            cell.server_rss_mb = server.rss_mb()
+                        cells.append(cell)
+                        print(f"{name:9s} {shape.name:45s} c={c:<3d} p50 {cell.p50_ms:7.2f} ms  "
+                              f"{cell.throughput:8.1f} req/s", flush=True)
+            queries = episode_arrays(SHAPES[3])[2]
+            embed_alone = {
+                "limit": summarise("limit", SHAPES[3], 1, *closed_loop(lambda: model.embed(queries), 1, seconds, warmup)),
+                "metalearn": summarise("metalearn", SHAPES[3], 1,
+                                       *closed_loop(lambda: client.embed(queries), 1, seconds, warmup)),
+            }
+            soak = memory_soak(client, server, soak_requests)
+    finally:
+        server.stop()
+    return {"cells": [asdict(c) for c in cells], "embed_alone": {k: asdict(v) for k, v in embed_alone.items()},
+            "soak": soak, "ratios": ratios(cells, embed_alone, soak), "machine": machine(),
+            "settings": {"seconds": seconds, "warmup": warmup, "server_args": server_args}}
+
+
+def fixed_count(call: Callable[[int], object], concurrency: int, total: int) -> float:
+    """Send exactly ``total`` requests from ``concurrency`` threads; return the seconds taken."""
+    remaining = iter(range(total))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                n = next(remaining, None)
+            if n is None:
+                return
+            call(n)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
+
+
+def memory_soak(client, server: ServerProcess, requests: int) -> dict:
+    """Server RSS after a warm-up and after ``requests`` more (Classify and ClassifyTask, 16 clients)."""
+    support, labels, queries = episode_arrays(SHAPES[2])
+    names = [f"class-{k}" for k in labels]
+    task = client.create_task(support, names, ttl_seconds=3600)
+    calls = (lambda: client.classify(support, names, queries), lambda: client.classify_task(task.task_id, queries))
+    fixed_count(lambda n: calls[n % 2](), 16, min(5_000, requests))
+    after_warmup = server.rss_mb()
+    seconds = fixed_count(lambda n: calls[n % 2](), 16, requests)
+    return {"requests": requests, "rss_after_warmup_mb": after_warmup, "rss_after_mb": server.rss_mb(),
+            "seconds": seconds}
+
+
+def cell(cells: list[Cell], system: str, shape: Shape, concurrency: int) -> Cell:
+    return next(c for c in cells if (c.system, c.shape, c.concurrency) == (system, shape.name, concurrency))
+
+
+def ratios(cells: list[Cell], embed_alone: dict[str, Cell], soak: dict) -> dict:
+    target = SHAPES[3]
+    limit_best = max(c.throughput for c in cells if c.system == "limit" and c.shape == target.name)
+    task = SHAPES[5]
+    return {
+        "e2e_p50_over_limit_c1": cell(cells, "metalearn", target, 1).p50_ms / cell(cells, "limit", target, 1).p50_ms,
+        "e2e_throughput_c16_over_limit_best": cell(cells, "metalearn", target, 16).throughput / limit_best,
+        "peer_p50_over_metalearn_c1": cell(cells, "peer", target, 1).p50_ms / cell(cells, "metalearn", target, 1).p50_ms,
+        "classify_task_over_embed_alone_grpc": cell(cells, "metalearn", task, 1).p50_ms / embed_alone["metalearn"].p50_ms,
+        "classify_task_over_embed_alone_in_process": (cell(cells, "metalearn", task, 1).p50_ms
+                                                      / embed_alone["limit"].p50_ms),
+        "rss_growth_after_soak": soak["rss_after_mb"] / soak["rss_after_warmup_mb"] - 1,
+    }
+
+
+TARGETS = {
+    "e2e_p50_over_limit_c1": ("end-to-end p50 / limit p50, concurrency 1, 5-way 5-shot 75 queries", "≤ 1.25"),
+    "e2e_throughput_c16_over_limit_best": ("end-to-end throughput at concurrency 16 / limit's best throughput",
+                                           "≥ 0.8"),
+    "peer_p50_over_metalearn_c1": ("eager PyTorch p50 / metalearn p50, concurrency 1, same episode", "≥ 4"),
+    "classify_task_over_embed_alone_grpc": ("ClassifyTask p50 / Embed of the same queries p50, both over gRPC",
+                                            "≤ 1.1"),
+    "classify_task_over_embed_alone_in_process": ("ClassifyTask p50 / in-process embedding of the queries p50",
+                                                  "(shown)"),
+    "rss_growth_after_soak": ("server RSS growth over the soak requests after warm-up", "≤ 10%"),
+}
+
+
+def machine() -> dict:
+    import onnxruntime
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "torch": torch.__version__}
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, torch {m['torch']}, "
+             f"Python {m['python']}. {result['settings']['seconds']} s per cell after "
+             f"{result['settings']['warmup']} s warm-up; closed-loop clients.", "",
+             "| ratio | target | measured |", "| --- | --- | --- |"]
+    for key, value in result["ratios"].items():
+        what, target = TARGETS[key]
+        shown = f"{100 * value:+.1f}%" if key == "rss_growth_after_soak" else f"{value:.2f}×"
+        lines.append(f"| {what} | {target} | {shown} |")
+    soak = result["soak"]
+    lines += ["", f"Soak: {soak['requests']:,} requests in {soak['seconds']:.0f} s; server RSS "
+                  f"{soak['rss_after_warmup_mb']:.0f} MB after warm-up, {soak['rss_after_mb']:.0f} MB after.", "",
+              "| shape | system | concurrency | p50 ms | p95 ms | p99 ms | req/s | server CPU | server RSS MB |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for c in result["cells"]:
+        cpu = f"{c['server_cpu']:.2f}" if c["server_cpu"] is not None else ""
+        rss = f"{c['server_rss_mb']:.0f}" if c["server_rss_mb"] is not None else ""
+        lines.append(f"| {c['shape']} | {c['system']} | {c['concurrency']} | {c['p50_ms']:.2f} | {c['p95_ms']:.2f} | "
+                     f"{c['p99_ms']:.2f} | {c['throughput']:.0f} | {cpu} | {rss} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=2.0, help="measured time per cell")
+    parser.add_argument("--warmup", type=float, default=0.5)
+    parser.add_argument("--soak-requests", type=int, default=100_000)
+    parser.add_argument("--quick", action="store_true", help="one shape, concurrency 1 and 16, short soak")
+    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
+    parser.add_argument("--name", default="cpu")
+    parser.add_argument("--server-arg", action="append", default=[], help="extra metalearn-server flag (repeatable)")
+    args = parser.parse_args(argv)
+    shapes, concurrency = (SHAPES[3], SHAPES[5]), (1, 16)
+    if not args.quick:
+        shapes, concurrency = SHAPES, CONCURRENCY
+    result = run(args.seconds, args.warmup, shapes, concurrency,
+                 2_000 if args.quick else args.soak_requests, args.server_arg)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
+    (args.out / f"{args.name}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
