@@ -82,15 +82,16 @@ def episode_arrays(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
 
 
 def closed_loop(call: Callable[[], object], concurrency: int, seconds: float, warmup: float) -> tuple[list[float], float]:
-    """Latencies of every request completed in the measured window, and that window's length."""
-    stop_at = time.perf_counter() + warmup + seconds
+    """Latencies of the requests started in the measured window (each client measures at least one),
+    and the time from the window's start to the last answer or the window's end, whichever is later."""
     measure_from = time.perf_counter() + warmup
+    stop_at = measure_from + seconds
     latencies: list[list[float]] = [[] for _ in range(concurrency)]
     errors: list[BaseException] = []
 
     def worker(mine: list[float]) -> None:
         try:
-            while (start := time.perf_counter()) < stop_at:
+            while (start := time.perf_counter()) < stop_at or not mine:
                 call()
                 if start >= measure_from:
                     mine.append(time.perf_counter() - start)
@@ -104,7 +105,7 @@ def closed_loop(call: Callable[[], object], concurrency: int, seconds: float, wa
         thread.join()
     if errors:
         raise errors[0]
-    return [x for mine in latencies for x in mine], seconds
+    return [x for mine in latencies for x in mine], max(time.perf_counter(), stop_at) - measure_from
 
 
 def summarise(system: str, shape: Shape, concurrency: int, latencies: list[float], seconds: float) -> Cell:

@@ -1,8 +1,9 @@
 """Assembles the server: repository → data plane → gRPC services, health, reflection, metrics.
 
 ``metalearn-server --help`` lists the flags.  On SIGTERM or SIGINT, health
-turns NOT_SERVING first (so load balancers stop sending), then requests in
-flight get ``--grace-seconds`` to finish.
+turns NOT_SERVING first and the server keeps serving for ``--drain-seconds``
+(so load balancers watching health stop sending), then stops accepting and
+gives requests in flight ``--grace-seconds`` to finish.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
     tasks = TaskStore(settings.max_tasks, settings.task_ttl_seconds, settings.max_task_ttl_seconds,
                       on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
     metrics.track_tasks(lambda: len(tasks))
-    return DataPlane(repository, tasks, metrics, settings.limits, settings.workers)
+    return DataPlane(repository, tasks, metrics, settings.limits, settings.workers, settings.max_queued_requests)
 
 
 async def serve(settings: Settings) -> None:
@@ -77,8 +78,10 @@ async def serve(settings: Settings) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await stop.wait()
-    log.info("shutting down: health NOT_SERVING, %.1f s grace for requests in flight", settings.grace_seconds)
+    log.info("shutting down: health NOT_SERVING, %.1f s to drain, then %.1f s grace for requests in flight",
+             settings.drain_seconds, settings.grace_seconds)
     await health_servicer.enter_graceful_shutdown()
+    await asyncio.sleep(settings.drain_seconds)  # balancers watching health stop routing here meanwhile
     await server.stop(settings.grace_seconds)
     dataplane.close()
     log.info("stopped")

@@ -19,6 +19,7 @@ from metalearn_server.execution.preprocessing import decode_images
 from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
 from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
+from metalearn_server.scheduling.admission import Admission
 from metalearn_server.scheduling.task_store import Task, TaskStore
 from metalearn_server.validation import Limits
 
@@ -27,15 +28,19 @@ T = TypeVar("T")
 
 class DataPlane:
     def __init__(self, repository: ModelRepository, tasks: TaskStore, metrics: Metrics,
-                 limits: Limits, workers: int) -> None:
+                 limits: Limits, workers: int, max_queued: int) -> None:
         self.repository, self.tasks, self.metrics, self.limits = repository, tasks, metrics, limits
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
+        self.admission = Admission(max_concurrent=workers, max_queued=max_queued)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True)
 
     async def _run(self, work: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+        """Model work, once admitted (see :mod:`~metalearn_server.scheduling.admission`)."""
+        async with self.admission.slot() as waited:
+            self.metrics.queue_latency.observe(waited)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
 
     # -- models -------------------------------------------------------------------------
     def model(self, name: str, version: str) -> FewShotModel:

@@ -22,3 +22,7 @@ class ResourceExhausted(MetalearnError):
 
 class Unavailable(MetalearnError):
     """The server cannot take the request now (UNAVAILABLE)."""
+
+
+class DeadlineExceeded(MetalearnError):
+    """The caller's deadline passed before the work could start (DEADLINE_EXCEEDED)."""

@@ -26,11 +26,13 @@ class Settings:
     default_model: str = ""
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
     workers: int = 4
+    max_queued_requests: int = 64
     intra_op_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
     max_tasks: int = 10_000
     task_ttl_seconds: float = 3600.0
     max_task_ttl_seconds: float = 86_400.0
+    drain_seconds: float = 2.0
     grace_seconds: float = 10.0
     log_level: str = "INFO"
     limits: Limits = Limits()
@@ -44,13 +46,15 @@ HELP = {
     "default_model": "model used when a request names none; empty: the first by name",
     "providers": "ONNX Runtime execution providers in order of preference, comma-separated; "
                  "missing ones are skipped, CPUExecutionProvider always closes the list",
-    "workers": "threads running models concurrently",
+    "workers": "requests running models at once (threads)",
+    "max_queued_requests": "requests waiting for a worker; beyond it new ones get RESOURCE_EXHAUSTED at once",
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
     "max_tasks": "tasks kept at once; the least recently used is evicted beyond it",
     "task_ttl_seconds": "time to live of a task whose request sets none",
     "max_task_ttl_seconds": "longest time to live a request may ask for",
-    "grace_seconds": "on SIGTERM/SIGINT, time given to requests in flight before they are cancelled",
+    "drain_seconds": "on SIGTERM/SIGINT, time between health turning NOT_SERVING and refusing new requests",
+    "grace_seconds": "then, time given to requests in flight before they are cancelled",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
 }
 

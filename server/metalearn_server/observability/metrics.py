@@ -59,6 +59,9 @@ class Metrics:
             "Time spent in each stage of a request: decode (images or tensors to model input), "
             "embed (backbone), head (prototypes, adaptation and scoring).",
             ["stage", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_latency = Histogram(
+            "metalearn_queue_duration_seconds", "Time a request waited for a model-work slot.",
+            buckets=LATENCY_BUCKETS, registry=r)
         self.requests = Counter(
             "metalearn_requests", "RPCs answered, by final gRPC status code.", ["rpc", "code"], registry=r)
         self.in_flight = Gauge("metalearn_requests_in_flight", "RPCs being served now.", ["rpc"], registry=r)

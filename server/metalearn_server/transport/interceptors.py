@@ -5,6 +5,7 @@ Only metalearn's own services are wrapped; health and reflection pass through.
 from __future__ import annotations
 
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -12,6 +13,7 @@ import grpc
 
 from metalearn_server import errors
 from metalearn_server.observability.metrics import Metrics
+from metalearn_server.scheduling.admission import request_deadline
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,7 @@ STATUS = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 SERVICES = ("/metalearn.v1.FewShotService/", "/metalearn.v1.ModelService/")
 
@@ -61,6 +64,8 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
     async def _served(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
         """Time the RPC, map a domain error (or a crash) to its status, count the final code."""
         code = grpc.StatusCode.OK
+        remaining = context.time_remaining()
+        deadline = request_deadline.set(None if remaining is None else time.monotonic() + remaining)
         with self.metrics.request(rpc):
             try:
                 yield
@@ -79,3 +84,4 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 self.metrics.count(rpc, code.name)
+                request_deadline.reset(deadline)
