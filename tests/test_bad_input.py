@@ -130,3 +130,31 @@ def test_oversized_messages_are_refused_with_resource_exhausted(tmp_path, images
                                        images[:1]).predictions) == 1
     finally:
         assert stop_server(small) == 0
+
+
+def test_image_size_limits(tmp_path, images):
+    """Big files and decompression bombs are refused before decoding."""
+    import io
+
+    from PIL import Image
+
+    def png(size: int) -> bytes:
+        buffer = io.BytesIO()
+        Image.new("L", (size, size), 255).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    strict = start_server(tmp_path, "--max-image-pixels", "10000", "--max-image-bytes", "5000")
+    try:
+        with Client(strict.target) as client:
+            support = [png(50)] * 4
+            assert len(client.classify(support, ["a", "b"] * 2, [png(100)]).predictions) == 1  # 10,000 pixels: fine
+            with pytest.raises(Exception) as error:
+                client.classify(support, ["a", "b"] * 2, [png(101)])
+            assert error.value.code == INVALID and "101×101 pixels, more than the limit of 10000" in error.value.details
+            noisy = io.BytesIO()
+            Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 90), dtype=np.uint8)).save(noisy, "PNG")
+            with pytest.raises(Exception) as error:
+                client.classify(support, ["a", "b"] * 2, [noisy.getvalue()])
+            assert error.value.code == INVALID and "more than the limit of 5000" in error.value.details
+    finally:
+        stop_server(strict)

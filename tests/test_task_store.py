@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from metalearn_server.errors import InvalidArgument, NotFound
+from metalearn_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from metalearn_server.execution.model import Head
 from metalearn_server.scheduling.task_store import TaskStore
 
@@ -80,3 +80,20 @@ def test_churn_keeps_the_bookkeeping_bounded():
         clock.now += 0.01
     assert len(store) == 5
     assert len(store._deadlines) <= 4 * 5 + 1 and len(store._gone) <= 4 * 5
+
+
+def test_bytes_bound_evicts_least_recently_used_and_refuses_oversized_tasks():
+    clock, evictions = Clock(), []
+    store = TaskStore(100, default_ttl=60, max_ttl=600, max_bytes=3 * HEAD.nbytes, clock=clock,
+                      on_evict=evictions.append)
+    first, second, third = add(store), add(store), add(store)
+    assert store.nbytes == 3 * HEAD.nbytes
+    store.get(first)
+    add(store)  # over the byte bound: `second`, the least recently used, goes
+    with pytest.raises(NotFound, match="evicted"):
+        store.get(second)
+    assert store.get(third) and store.nbytes == 3 * HEAD.nbytes and evictions == ["capacity"]
+    big = Head(np.zeros((64, 64), np.float32), np.zeros(64, np.float32), "euclidean", 1.0,
+               np.zeros((64, 64), np.float32), np.zeros(64, np.float32))
+    with pytest.raises(ResourceExhausted, match="use fewer classes"):
+        store.add(model=None, classes=("a", "b"), head=big, method="finetune", distance="euclidean", ttl_seconds=0)

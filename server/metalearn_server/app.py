@@ -44,8 +44,8 @@ def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
         for model in entry.versions.values():
             metrics.model_info.labels(model.name, model.version, model.providers[0]).set(1)
     tasks = TaskStore(settings.max_tasks, settings.task_ttl_seconds, settings.max_task_ttl_seconds,
-                      on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
-    metrics.track_tasks(lambda: len(tasks))
+                      settings.max_task_bytes, on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
+    metrics.track_tasks(lambda: len(tasks), lambda: tasks.nbytes)
     return DataPlane(repository, tasks, metrics, settings.limits, settings.workers, settings.max_queued_requests)
 
 

@@ -58,7 +58,8 @@ class DataPlane:
     def _model_input(self, model: FewShotModel, items: Items, what: str) -> np.ndarray:
         with self.metrics.stage("decode", model.name):
             if items.tensor is None:
-                return decode_images(list(items.encoded_images), model.config.preprocessing, what)
+                return decode_images(list(items.encoded_images), model.config.preprocessing, what,
+                                     self.limits.max_image_pixels)
             return validation.model_input(items, model, what)
 
     def _embed(self, model: FewShotModel, *batches: np.ndarray) -> list[np.ndarray]:
@@ -85,14 +86,14 @@ class DataPlane:
         label_request(model.name, method)
         distance = validation.distance(request.distance, model)
         adaptation = validation.adaptation(request.adaptation, model, self.limits)
-        validation.require_items(request.items, "support.items", self.limits.max_support_items)
+        validation.require_items(request.items, "support.items", self.limits.max_support_items, self.limits)
         classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
         self.metrics.support_items.labels(rpc).observe(request.items.count)
         return model, method, distance, adaptation, classes, targets
 
     def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, rpc: str) -> tuple[int, float]:
         """Check the query side; return the resolved top k and rejection threshold."""
-        validation.require_items(request.items, "queries", self.limits.max_query_items)
+        validation.require_items(request.items, "queries", self.limits.max_query_items, self.limits)
         self.metrics.query_items.labels(rpc).observe(request.items.count)
         return (validation.top_k(request.top_k, self.limits),
                 validation.rejection_threshold(request.rejection_threshold, model, distance))
@@ -140,7 +141,7 @@ class DataPlane:
 
     async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
         model = self.model(model_name, version)
-        validation.require_items(items, "items", self.limits.max_query_items)
+        validation.require_items(items, "items", self.limits.max_query_items, self.limits)
         self.metrics.query_items.labels("Embed").observe(items.count)
 
         def work() -> np.ndarray:

@@ -30,6 +30,7 @@ class Settings:
     intra_op_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
     max_tasks: int = 10_000
+    max_task_bytes: int = 1 << 30
     task_ttl_seconds: float = 3600.0
     max_task_ttl_seconds: float = 86_400.0
     drain_seconds: float = 2.0
@@ -51,6 +52,7 @@ HELP = {
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
     "max_tasks": "tasks kept at once; the least recently used is evicted beyond it",
+    "max_task_bytes": "bytes of task heads kept at once; the least recently used is evicted beyond it",
     "task_ttl_seconds": "time to live of a task whose request sets none",
     "max_task_ttl_seconds": "longest time to live a request may ask for",
     "drain_seconds": "on SIGTERM/SIGINT, time between health turning NOT_SERVING and refusing new requests",

@@ -28,13 +28,19 @@ class Limits:
     max_adaptation_steps: int = 100
     max_learning_rate: float = 100.0
     max_top_k: int = 512
+    max_image_bytes: int = 4 * 1024 * 1024
+    max_image_pixels: int = 4096 * 4096
 
 
-def require_items(items: Items, what: str, limit: int) -> None:
+def require_items(items: Items, what: str, limit: int, limits: Limits) -> None:
     if items.tensor is None and not items.encoded_images:
         raise InvalidArgument(f"{what} is empty: send at least one item as a tensor or as encoded_images")
     if items.count > limit:
         raise InvalidArgument(f"{what} has {items.count} items, more than the limit of {limit}; split the request")
+    for index, image in enumerate(items.encoded_images):
+        if len(image) > limits.max_image_bytes:
+            raise InvalidArgument(f"{what}.encoded_images[{index}] has {len(image)} bytes, more than the limit of "
+                                  f"{limits.max_image_bytes}; send a smaller file")
 
 
 def model_input(items: Items, model: FewShotModel, what: str) -> np.ndarray:

@@ -70,6 +70,7 @@ class Metrics:
         self.query_items = Histogram(
             "metalearn_query_items", "Query items per request.", ["rpc"], buckets=SIZE_BUCKETS, registry=r)
         self.tasks = Gauge("metalearn_tasks", "Registered tasks alive now.", registry=r)
+        self.task_bytes = Gauge("metalearn_task_bytes", "Bytes held by registered tasks' heads.", registry=r)
         self.task_evictions = Counter(
             "metalearn_task_evictions", "Tasks dropped before deletion, by reason (expired, capacity).",
             ["reason"], registry=r)
@@ -77,8 +78,9 @@ class Metrics:
             "metalearn_model_info", "Loaded model versions (always 1) with the execution provider in use.",
             ["model", "version", "provider"], registry=r)
 
-    def track_tasks(self, count: Callable[[], int]) -> None:
+    def track_tasks(self, count: Callable[[], int], nbytes: Callable[[], int]) -> None:
         self.tasks.set_function(count)
+        self.task_bytes.set_function(nbytes)
 
     @contextmanager
     def stage(self, stage: str, model: str) -> Iterator[None]:

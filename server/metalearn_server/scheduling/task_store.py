@@ -1,7 +1,8 @@
 """Registered tasks: a support set embedded (and adapted) once, then queried many times.
 
-The store is bounded by count and expires tasks after their time to live;
-past the bound the least recently used task is evicted.  A task that is gone
+The store is bounded by task count and by the bytes of the tasks' heads, and
+expires tasks after their time to live; past either bound the least recently
+used task is evicted.  A task that is gone
 gives ``NOT_FOUND`` with a message that says why, if the store still knows.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from metalearn_server.errors import InvalidArgument, NotFound
+from metalearn_server.errors import InvalidArgument, NotFound, ResourceExhausted
 from metalearn_server.execution.model import FewShotModel, Head
 
 
@@ -35,10 +36,11 @@ class TaskStore:
     dropped, for the metrics.  Not thread-safe: it lives on the event loop.
     """
 
-    def __init__(self, max_tasks: int, default_ttl: float, max_ttl: float,
+    def __init__(self, max_tasks: int, default_ttl: float, max_ttl: float, max_bytes: int = 1 << 30,
                  clock: Callable[[], float] = time.time,
                  on_evict: Callable[[str], None] = lambda reason: None) -> None:
-        self.max_tasks, self.default_ttl, self.max_ttl = max_tasks, default_ttl, max_ttl
+        self.max_tasks, self.default_ttl, self.max_ttl, self.max_bytes = max_tasks, default_ttl, max_ttl, max_bytes
+        self.nbytes = 0
         self.clock, self.on_evict = clock, on_evict
         self._tasks: OrderedDict[str, Task] = OrderedDict()  # least recently used first
         self._deadlines: list[tuple[float, str]] = []  # heap of (expires_at, task_id)
@@ -54,14 +56,18 @@ class TaskStore:
 
     def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
             ttl_seconds: int) -> Task:
+        if head.nbytes > self.max_bytes:
+            raise ResourceExhausted(f"this task needs {head.nbytes} bytes, more than the task store's "
+                                    f"{self.max_bytes}; use fewer classes")
         self._expire()
-        while len(self._tasks) >= self.max_tasks:
+        while self._tasks and (len(self._tasks) >= self.max_tasks or self.nbytes + head.nbytes > self.max_bytes):
             self._drop(next(iter(self._tasks)), "capacity")
         task = Task(
             task_id=secrets.token_urlsafe(16), model=model, classes=classes, head=head, method=method,
             distance=distance, expires_at=self.clock() + self.ttl(ttl_seconds),
         )
         self._tasks[task.task_id] = task
+        self.nbytes += head.nbytes
         heapq.heappush(self._deadlines, (task.expires_at, task.task_id))
         return task
 
@@ -90,7 +96,7 @@ class TaskStore:
                 self._drop(task_id, "expired")
 
     def _drop(self, task_id: str, reason: str) -> None:
-        del self._tasks[task_id]  # its heap entry is skipped when it comes due
+        self.nbytes -= self._tasks.pop(task_id).head.nbytes  # its heap entry is skipped when it comes due
         self._gone[task_id] = reason
         while len(self._gone) > 4 * self.max_tasks:
             self._gone.popitem(last=False)
