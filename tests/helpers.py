@@ -50,8 +50,8 @@ class RunningServer:
         return self.log_path.read_text()
 
 
-def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None) -> RunningServer:
-    port, metrics_port = free_port(), free_port()
+def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0) -> RunningServer:
+    port, metrics_port = port or free_port(), free_port()
     log_path = tmp_path / f"server-{port}.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "metalearn_server", "--host", "127.0.0.1", "--port", str(port),

@@ -12,6 +12,7 @@ a failure raises :class:`MetalearnError` carrying the gRPC status code.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -70,6 +71,23 @@ class Task:
     distance: str
 
 
+#: Calls that may be sent again after UNAVAILABLE without changing the outcome. CreateTask is not
+#: among them: a retry after a lost answer would register a second task.
+IDEMPOTENT = {
+    "metalearn.v1.FewShotService": ("Classify", "ClassifyTask", "Embed", "DeleteTask"),
+    "metalearn.v1.ModelService": ("ListModels", "GetModel"),
+    "grpc.health.v1.Health": ("Check",),
+}
+
+
+def retry_service_config(attempts: int, initial_backoff: float, max_backoff: float) -> str:
+    """gRPC's own retry policy (with jittered exponential backoff) for the idempotent calls."""
+    policy = {"maxAttempts": attempts, "initialBackoff": f"{initial_backoff}s", "maxBackoff": f"{max_backoff}s",
+              "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}
+    names = [{"service": service, "method": method} for service, methods in IDEMPOTENT.items() for method in methods]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
 def _predictions(messages: Iterable[fewshot_pb2.Prediction]) -> list[Prediction]:
     return [Prediction(p.label, np.array(p.scores, dtype=np.float32), [(s.label, s.score) for s in p.top_k],
                        p.known_score, p.unknown)
@@ -88,15 +106,24 @@ def _enum(mapping: dict, value: str | None, what: str) -> int:
 
 
 class Client:
-    """Connection to one metalearn server; use as a context manager or call :meth:`close`."""
+    """Connection to one metalearn server; use as a context manager or call :meth:`close`.
 
-    def __init__(self, target: str = "localhost:50051", *, timeout: float = 30.0,
-                 max_message_bytes: int = 64 * 1024 * 1024, channel: grpc.Channel | None = None) -> None:
+    ``timeout`` is every call's default deadline.  Idempotent calls that meet
+    ``UNAVAILABLE`` (a server restarting, a connection reset) are retried up to
+    ``retries`` times with jittered exponential backoff from ``retry_backoff``
+    seconds, within that deadline; CreateTask and streams are never retried.
+    """
+
+    def __init__(self, target: str = "localhost:50051", *, timeout: float = 30.0, retries: int = 4,
+                 retry_backoff: float = 0.2, max_message_bytes: int = 64 * 1024 * 1024,
+                 channel: grpc.Channel | None = None) -> None:
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(target, options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ])
+        options = [("grpc.max_receive_message_length", max_message_bytes),
+                   ("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.enable_retries", int(retries > 0))]
+        if retries > 0:
+            options.append(("grpc.service_config", retry_service_config(retries + 1, retry_backoff, 5.0)))
+        self._channel = channel or grpc.insecure_channel(target, options=options)
         self._fewshot = fewshot_pb2_grpc.FewShotServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
