@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -50,7 +50,9 @@ class RunningServer:
         return self.log_path.read_text()
 
 
-def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0) -> RunningServer:
+def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None, port: int = 0,
+                 probe: Callable[[str], Client] | None = None) -> RunningServer:
+    """Start a server and wait until its health check says SERVING (``probe`` builds the checking client)."""
     port, metrics_port = port or free_port(), free_port()
     log_path = tmp_path / f"server-{port}.log"
     process = subprocess.Popen(
@@ -60,7 +62,7 @@ def start_server(tmp_path: Path, *extra: str, env: dict[str, str] | None = None,
     )
     server = RunningServer(process, port, metrics_port, log_path)
     deadline = time.monotonic() + 60
-    with Client(server.target, timeout=1.0) as client:
+    with (probe or (lambda target: Client(target, timeout=1.0)))(server.target) as client:
         while True:
             if process.poll() is not None:
                 raise RuntimeError(f"server exited with {process.returncode}:\n{server.log()}")

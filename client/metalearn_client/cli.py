@@ -77,10 +77,15 @@ def health(client: Client, args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="metalearn", description=__doc__,
+                                   epilog="A bearer token, if the server wants one, is read from METALEARN_TOKEN.",
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("--target", default=os.environ.get("METALEARN_TARGET", "localhost:50051"),
                       help="server address host:port [env METALEARN_TARGET] (default: %(default)s)")
     root.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds (default: %(default)s)")
+    root.add_argument("--tls", action="store_true", help="connect over TLS")
+    root.add_argument("--tls-ca", type=Path, help="PEM CA bundle to trust (implies --tls; default: system roots)")
+    root.add_argument("--tls-cert", type=Path, help="PEM client certificate, for mutual TLS")
+    root.add_argument("--tls-key", type=Path, help="PEM key of --tls-cert")
     commands = root.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("classify", help="label query images against a support folder")
@@ -110,7 +115,9 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
-        with Client(args.target, timeout=args.timeout) as client:
+        read = lambda path: path.read_bytes() if path else None  # noqa: E731
+        with Client(args.target, timeout=args.timeout, token=os.environ.get("METALEARN_TOKEN"), tls=args.tls,
+                    tls_ca=read(args.tls_ca), tls_cert=read(args.tls_cert), tls_key=read(args.tls_key)) as client:
             args.handler(client, args)
     except MetalearnError as error:
         print(f"error: {error}", file=sys.stderr)

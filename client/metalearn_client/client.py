@@ -115,14 +115,22 @@ class Client:
     """
 
     def __init__(self, target: str = "localhost:50051", *, timeout: float = 30.0, retries: int = 4,
-                 retry_backoff: float = 0.2, max_message_bytes: int = 64 * 1024 * 1024,
-                 channel: grpc.Channel | None = None) -> None:
+                 retry_backoff: float = 0.2, token: str | None = None, tls: bool = False,
+                 tls_ca: bytes | None = None, tls_cert: bytes | None = None, tls_key: bytes | None = None,
+                 max_message_bytes: int = 64 * 1024 * 1024, channel: grpc.Channel | None = None) -> None:
+        """``token``: a bearer token sent with every call.  ``tls``: connect over TLS, trusting
+        ``tls_ca`` (PEM; default: the system's roots); ``tls_cert``/``tls_key``: this client's
+        certificate for mutual TLS."""
         self.timeout = timeout
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.enable_retries", int(retries > 0))]
         if retries > 0:
             options.append(("grpc.service_config", retry_service_config(retries + 1, retry_backoff, 5.0)))
+        if channel is None and (tls or tls_ca or tls_cert):
+            credentials = grpc.ssl_channel_credentials(tls_ca, tls_key, tls_cert)
+            channel = grpc.secure_channel(target, credentials, options=options)
         self._channel = channel or grpc.insecure_channel(target, options=options)
         self._fewshot = fewshot_pb2_grpc.FewShotServiceStub(self._channel)
         self._models = model_pb2_grpc.ModelServiceStub(self._channel)
@@ -139,7 +147,7 @@ class Client:
 
     def _call(self, rpc: str, method: Callable[..., Any], request: Any, timeout: float | None) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout)
+            return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as error:
             raise MetalearnError.from_rpc_error(error, rpc) from None
 
@@ -192,7 +200,8 @@ class Client:
                                                           rejection_threshold=rejection_threshold)
                     for batch in batches)
         try:
-            for response in self._fewshot.StreamClassifyTask(requests, timeout=timeout or self.timeout):
+            for response in self._fewshot.StreamClassifyTask(requests, timeout=timeout or self.timeout,
+                                                             metadata=self._metadata):
                 yield Classification(list(response.classes), _predictions(response.predictions))
         except grpc.RpcError as error:
             raise MetalearnError.from_rpc_error(error, "StreamClassifyTask") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -24,6 +25,7 @@ from metalearn_server.observability import logging as json_logging
 from metalearn_server.observability.metrics import Metrics
 from metalearn_server.scheduling.task_store import TaskStore
 from metalearn_server.settings import Settings
+from metalearn_server.transport.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from metalearn_server.transport.fewshot_servicer import FewShotServicer
 from metalearn_server.transport.interceptors import ServingInterceptor
 from metalearn_server.transport.model_servicer import ModelServicer
@@ -52,8 +54,12 @@ def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
 async def serve(settings: Settings) -> None:
     metrics = Metrics()
     dataplane = build_dataplane(settings, metrics)
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    tokens = load_tokens(Path(settings.auth_tokens_file) if settings.auth_tokens_file else None, settings.auth_tokens)
+    if tokens:
+        interceptors.append(BearerTokenInterceptor(tokens, protect_health=settings.auth_health))
     server = grpc.aio.server(
-        interceptors=[ServingInterceptor(metrics)],
+        interceptors=[*interceptors, ServingInterceptor(metrics)],
         options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                  ("grpc.max_send_message_length", settings.max_message_bytes)],
     )
@@ -64,13 +70,21 @@ async def serve(settings: Settings) -> None:
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server)
 
-    port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    address = f"{settings.host}:{settings.port}"
+    if settings.tls_cert:
+        credentials = server_credentials(Path(settings.tls_cert), Path(settings.tls_key),
+                                         Path(settings.tls_client_ca) if settings.tls_client_ca else None)
+        port = server.add_secure_port(address, credentials)
+    else:
+        port = server.add_insecure_port(address)
     if settings.metrics_port:
         metrics.serve(settings.metrics_port)
     await server.start()
     for name in ("", *SERVICE_NAMES):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving metalearn.v1 on port %d (metrics on port %d; models: %s)", port, settings.metrics_port,
+    log.info("serving metalearn.v1 on port %d (%s%s; metrics on port %d; models: %s)", port,
+             "mutual TLS" if settings.tls_client_ca else "TLS" if settings.tls_cert else "plaintext",
+             ", bearer tokens required" if tokens else "", settings.metrics_port,
              ", ".join(e.name for e in dataplane.repository.entries()))
 
     stop = asyncio.Event()

@@ -36,6 +36,12 @@ class Settings:
     drain_seconds: float = 2.0
     grace_seconds: float = 10.0
     log_level: str = "INFO"
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    auth_tokens: str = ""
+    auth_tokens_file: str = ""
+    auth_health: bool = False
     limits: Limits = Limits()
 
 
@@ -58,6 +64,12 @@ HELP = {
     "drain_seconds": "on SIGTERM/SIGINT, time between health turning NOT_SERVING and refusing new requests",
     "grace_seconds": "then, time given to requests in flight before they are cancelled",
     "log_level": "DEBUG, INFO, WARNING or ERROR",
+    "tls_cert": "PEM certificate (chain) of the server: serve TLS instead of plaintext (with --tls-key)",
+    "tls_key": "PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: require client certificates it signed (mutual TLS)",
+    "auth_tokens": "comma-separated bearer tokens a call must present (prefer --auth-tokens-file or the env)",
+    "auth_tokens_file": "file of bearer tokens, one per line; any one admits a call",
+    "auth_health": "require a token for health checks too (default: health stays open for probes)",
 }
 
 
@@ -71,6 +83,12 @@ def _providers(text: str) -> tuple[str, ...]:
 
 def _add_flag(parser: argparse.ArgumentParser, name: str, default: object, help_text: str) -> None:
     """One flag whose default comes from its environment variable when that is set."""
+    if isinstance(default, bool):
+        env_value = os.environ.get(_env_name(name))
+        parser.add_argument(f"--{name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                            default=env_value.lower() in ("1", "true", "yes") if env_value else default,
+                            help=f"{help_text} [env {_env_name(name)}]")
+        return
     kind = _providers if name == "providers" else Path if isinstance(default, Path) else type(default)
     if name == "providers":
         default = ",".join(default)  # argparse converts string defaults with `type`, and shows them readably
@@ -95,5 +113,9 @@ def parse(argv: list[str] | None = None) -> Settings:
     for item in fields(Limits):
         _add_flag(parser, item.name, getattr(limits, item.name), "per-request limit")
     args = vars(parser.parse_args(argv))
+    if bool(args["tls_cert"]) != bool(args["tls_key"]):
+        parser.error("--tls-cert and --tls-key go together")
+    if args["tls_client_ca"] and not args["tls_cert"]:
+        parser.error("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
     return Settings(**{k: v for k, v in args.items() if not hasattr(limits, k)},
                     limits=Limits(**{f.name: args[f.name] for f in fields(Limits)}))
