@@ -68,6 +68,7 @@ CLASSIFY_CASES = {
     "negative learning rate": (lambda r, x: (setattr(r, "method", fewshot_pb2.METHOD_FINETUNE), setattr(r.adaptation, "learning_rate", -1.0)), INVALID, "learning_rate is -1.0"),
     "NaN learning rate": (lambda r, x: setattr(r.adaptation, "learning_rate", float("nan")), INVALID, "learning_rate is nan"),
     "too many steps": (lambda r, x: setattr(r.adaptation, "steps", 1_000_000), INVALID, "steps is 1000000"),
+    "diverging adaptation": (lambda r, x: (setattr(r, "method", fewshot_pb2.METHOD_FINETUNE), setattr(r.adaptation, "l2", 1e30)), INVALID, "fast adaptation diverged"),
     "negative l2": (lambda r, x: setattr(r.adaptation, "l2", -0.5), INVALID, "l2 is -0.5"),
     "unknown method": (lambda r, x: setattr(r, "method", 9), INVALID, "method has the unknown value 9"),
     "unknown distance": (lambda r, x: setattr(r, "distance", 5), INVALID, "distance has the unknown value 5"),

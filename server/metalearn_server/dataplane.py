@@ -13,6 +13,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from metalearn_server import validation
+from metalearn_server.errors import InvalidArgument
 from metalearn_server.execution.model import FewShotModel, Head, Scores
 from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.preprocessing import decode_images
@@ -72,11 +73,19 @@ class DataPlane:
               method: str, distance: str, adaptation: Adaptation) -> Head:
         onehot = np.eye(classes, dtype=np.float32)[targets]
         with self.metrics.stage("head", model.name):
-            return model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
+            head = model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
+        if head.adapted and not (np.isfinite(head.weight).all() and np.isfinite(head.bias).all()):
+            raise InvalidArgument(
+                f"fast adaptation diverged (steps {adaptation.steps}, learning_rate {adaptation.learning_rate}, "
+                f"l2 {adaptation.l2}); lower the learning rate or l2, or leave them to the model's defaults")
+        return head
 
     def _score(self, model: FewShotModel, queries: np.ndarray, head: Head) -> Scores:
         with self.metrics.stage("head", model.name):
-            return model.score(queries, head)
+            scores = model.score(queries, head)
+        if not np.isfinite(scores.probabilities).all():
+            raise InvalidArgument("the adapted head's scores overflowed; lower the learning rate or l2")
+        return scores
 
     # -- RPCs ---------------------------------------------------------------------------
     def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, Adaptation,

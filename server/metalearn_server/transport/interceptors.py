@@ -27,6 +27,30 @@ STATUS = {
 SERVICES = ("/metalearn.v1.FewShotService/", "/metalearn.v1.ModelService/")
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not the expected protobuf message."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """gRPC answers a deserializer's exception with UNKNOWN; this lets the handler answer INVALID_ARGUMENT."""
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data)
+        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, and whatever else bad bytes cause
+            return _Undecodable(error)
+    return parse
+
+
+def _decoded(request: Any, rpc: str) -> Any:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument(f"the bytes sent are not a metalearn.v1 {rpc}Request ({request.error}); "
+                                     "send the message generated from protos/metalearn/v1")
+    return request
+
+
 class ServingInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -42,21 +66,25 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with self._served(rpc, context):
-                    return await behavior(request, context)
+                    return await behavior(_decoded(request, rpc), context)
 
             return grpc.unary_unary_rpc_method_handler(
-                unary, request_deserializer=handler.request_deserializer,
+                unary, request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         if handler.stream_stream:
             streaming = handler.stream_stream
 
             async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                async def decoded() -> AsyncIterator[Any]:
+                    async for request in requests:
+                        yield _decoded(request, rpc)
+
                 async with self._served(rpc, context):
-                    async for response in streaming(requests, context):
+                    async for response in streaming(decoded(), context):
                         yield response
 
             return grpc.stream_stream_rpc_method_handler(
-                stream, request_deserializer=handler.request_deserializer,
+                stream, request_deserializer=_lenient(handler.request_deserializer),
                 response_serializer=handler.response_serializer)
         raise TypeError(f"{details.method}: only unary-unary and stream-stream RPCs are wrapped")
 
