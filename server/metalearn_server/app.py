@@ -41,14 +41,29 @@ SERVICE_NAMES = (
 def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
     providers = resolve_providers(settings.providers)
     repository = ModelRepository(settings.model_repository, providers, settings.default_model,
-                                 settings.intra_op_threads)
-    for entry in repository.entries():
-        for model in entry.versions.values():
-            metrics.model_info.labels(model.name, model.version, model.providers[0]).set(1)
+                                 settings.intra_op_threads,
+                                 on_refused=lambda name, version: metrics.model_load_failures.labels(name).inc())
+    show_models(repository, metrics)
     tasks = TaskStore(settings.max_tasks, settings.task_ttl_seconds, settings.max_task_ttl_seconds,
                       settings.max_task_bytes, on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
     metrics.track_tasks(lambda: len(tasks), lambda: tasks.nbytes)
     return DataPlane(repository, tasks, metrics, settings.limits, settings.workers, settings.max_queued_requests)
+
+
+def show_models(repository: ModelRepository, metrics: Metrics) -> None:
+    metrics.show_models([(model.name, model.version, model.providers[0])
+                         for entry in repository.entries() for model in entry.versions.values()])
+
+
+async def watch_repository(repository: ModelRepository, metrics: Metrics, seconds: float) -> None:
+    """Hot reload: look for new, removed or repaired version folders every ``seconds``."""
+    while True:
+        await asyncio.sleep(seconds)
+        try:
+            if await asyncio.to_thread(repository.refresh):
+                show_models(repository, metrics)
+        except Exception:  # noqa: BLE001 - a folder changing under the scan; the next poll sees it settled
+            log.exception("model repository scan failed; serving what was loaded")
 
 
 async def serve(settings: Settings) -> None:
@@ -87,6 +102,8 @@ async def serve(settings: Settings) -> None:
              ", bearer tokens required" if tokens else "", settings.metrics_port,
              ", ".join(e.name for e in dataplane.repository.entries()))
 
+    watcher = asyncio.create_task(watch_repository(dataplane.repository, metrics, settings.poll_seconds)) \
+        if settings.poll_seconds > 0 else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -94,6 +111,8 @@ async def serve(settings: Settings) -> None:
     await stop.wait()
     log.info("shutting down: health NOT_SERVING, %.1f s to drain, then %.1f s grace for requests in flight",
              settings.drain_seconds, settings.grace_seconds)
+    if watcher is not None:
+        watcher.cancel()
     await health_servicer.enter_graceful_shutdown()
     await asyncio.sleep(settings.drain_seconds)  # balancers watching health stop routing here meanwhile
     await server.stop(settings.grace_seconds)

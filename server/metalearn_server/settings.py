@@ -24,6 +24,7 @@ class Settings:
     metrics_port: int = 9090
     model_repository: Path = BUNDLED_REPOSITORY
     default_model: str = ""
+    poll_seconds: float = 5.0
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
     workers: int = 4
     max_queued_requests: int = 64
@@ -50,6 +51,7 @@ HELP = {
     "port": "gRPC port (0: pick a free one and log it)",
     "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint)",
     "model_repository": "model repository folder holding <name>/<version>/config.json; the default is the bundled one",
+    "poll_seconds": "how often the model repository is scanned for new, removed or repaired versions (0: never)",
     "default_model": "model used when a request names none; empty: the first by name",
     "providers": "ONNX Runtime execution providers in order of preference, comma-separated; "
                  "missing ones are skipped, CPUExecutionProvider always closes the list",

@@ -74,9 +74,18 @@ class Metrics:
         self.task_evictions = Counter(
             "metalearn_task_evictions", "Tasks dropped before deletion, by reason (expired, capacity).",
             ["reason"], registry=r)
+        self.model_load_failures = Counter(
+            "metalearn_model_load_failures", "Model versions refused at load (bad config or graphs).", ["model"],
+            registry=r)
         self.model_info = Gauge(
             "metalearn_model_info", "Loaded model versions (always 1) with the execution provider in use.",
             ["model", "version", "provider"], registry=r)
+
+    def show_models(self, loaded: list[tuple[str, str, str]]) -> None:
+        """Replace the model-info series with one per loaded (model, version, provider)."""
+        self.model_info.clear()
+        for model, version, provider in loaded:
+            self.model_info.labels(model, version, provider).set(1)
 
     def track_tasks(self, count: Callable[[], int], nbytes: Callable[[], int]) -> None:
         self.tasks.set_function(count)
