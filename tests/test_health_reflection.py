@@ -1,11 +1,18 @@
 """The standard gRPC health service and server reflection, as orchestrators and tools use them."""
 from __future__ import annotations
 
+import json
+
 import grpc
+import numpy as np
+import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from helpers import start_server, stop_server
+from metalearn_client import Client
+from metalearn_client.items import to_items
 
 SERVICES = ["metalearn.v1.FewShotService", "metalearn.v1.ModelService"]
 
@@ -42,3 +49,28 @@ def test_reflection_lists_and_describes_the_services(server):
     names = {s.name for s in listed.list_services_response.service}
     assert set(SERVICES) | {"grpc.health.v1.Health"} <= names
     assert described.file_descriptor_response.file_descriptor_proto
+
+
+def test_request_ids_tie_answers_to_log_lines(tmp_path):
+    running = start_server(tmp_path, "--log-level", "DEBUG", "--auth-tokens", "s3cr3t-t0ken",
+                           probe=lambda target: Client(target, token="s3cr3t-t0ken"))
+    secret_label = "label-that-must-not-be-logged"
+    try:
+        with grpc.insecure_channel(running.target) as channel:
+            stub = fewshot_pb2_grpc.FewShotServiceStub(channel)
+            support = to_items(np.zeros((2, 1, 28, 28), np.float32))
+            request = fewshot_pb2.ClassifyRequest(
+                support=fewshot_pb2.SupportSet(items=support, labels=[secret_label, "other"]), queries=support)
+            metadata = (("authorization", "Bearer s3cr3t-t0ken"), ("x-request-id", "caller-42"))
+            _, call = stub.Classify.with_call(request, metadata=metadata, timeout=10)
+            assert dict(call.trailing_metadata())["x-request-id"] == "caller-42"
+            with pytest.raises(grpc.RpcError) as error:
+                stub.Classify(fewshot_pb2.ClassifyRequest(), metadata=metadata[:1], timeout=10)
+            generated = dict(error.value.trailing_metadata())["x-request-id"]
+            assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and len(generated) == 16
+    finally:
+        stop_server(running)
+    lines = [json.loads(line) for line in running.log().splitlines() if line.startswith("{")]
+    assert any(line.get("request_id") == "caller-42" and "Classify OK" in line["message"] for line in lines)
+    assert any(line.get("request_id") == generated and "INVALID_ARGUMENT" in line["message"] for line in lines)
+    assert secret_label not in running.log() and "s3cr3t-t0ken" not in running.log()

@@ -1,13 +1,19 @@
 """Log lines as one JSON object each, so log pipelines can parse them.
 
-Requests' payloads, tensors and labels are never logged: only names, sizes
-and outcomes.
+Every line written while a request is served carries its ``request_id`` (the
+caller's ``x-request-id`` metadata, or one made up), which the server also
+returns as trailing metadata, so a caller's report can be matched to the
+server's lines.  Requests' payloads, tensors, labels and credentials are never
+logged: only names, sizes, codes and durations.
 """
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
+
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 
 class JsonFormatter(logging.Formatter):
@@ -18,6 +24,8 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        if request_id.get():
+            entry["request_id"] = request_id.get()
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)

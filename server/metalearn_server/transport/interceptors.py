@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
 from metalearn_server import errors
+from metalearn_server.observability.logging import request_id
 from metalearn_server.observability.metrics import Metrics
 from metalearn_server.scheduling.admission import request_deadline
 
@@ -49,6 +51,14 @@ def _decoded(request: Any, rpc: str) -> Any:
         raise errors.InvalidArgument(f"the bytes sent are not a metalearn.v1 {rpc}Request ({request.error}); "
                                      "send the message generated from protos/metalearn/v1")
     return request
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    """The caller's ``x-request-id`` if it is a sane token, else a fresh one."""
+    given = dict(context.invocation_metadata() or ()).get("x-request-id", "")
+    if 0 < len(given) <= 64 and all(c.isalnum() or c in "-_.:" for c in given):
+        return given
+    return uuid.uuid4().hex[:16]
 
 
 class ServingInterceptor(grpc.aio.ServerInterceptor):
@@ -90,8 +100,11 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
 
     @asynccontextmanager
     async def _served(self, rpc: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
-        """Time the RPC, map a domain error (or a crash) to its status, count the final code."""
+        """Time the RPC, map a domain error (or a crash) to its status, count and log the final code."""
         code = grpc.StatusCode.OK
+        identity = request_id.set(_request_id(context))
+        context.set_trailing_metadata((("x-request-id", request_id.get()),))
+        started = time.perf_counter()
         remaining = context.time_remaining()
         deadline = request_deadline.set(None if remaining is None else time.monotonic() + remaining)
         with self.metrics.request(rpc):
@@ -112,4 +125,6 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 self.metrics.count(rpc, code.name)
+                log.debug("%s %s in %.2f ms", rpc, code.name, 1000 * (time.perf_counter() - started))
                 request_deadline.reset(deadline)
+                request_id.reset(identity)
