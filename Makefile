@@ -17,7 +17,7 @@ EVAL_ARGS ?=
 BENCH_ARGS ?=
 DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
 
-.PHONY: install dev serve system-tools test model eval bench clean
+.PHONY: install dev serve system-tools test model eval bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ eval: dev
 # writes docs/benchmarks/cpu.{json,md}. About 10 minutes on 2 cores.
 bench: dev
 	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
+
+# Mixed RPCs at concurrency 32 for SOAK_MINUTES (default 5) on loopback; writes docs/benchmarks/soak.md
+# and fails on any unexpected error, RSS growth over 10% or p99 drift over 2x.
+soak: dev
+	$(BIN)/python -m metalearn.soak --minutes $(or $(SOAK_MINUTES),5)
 
 clean:
 	rm -rf $(VENV) protos/build client/build server/build build *.egg-info */*.egg-info
