@@ -18,3 +18,7 @@ def test_verdict_catches_errors_growth_and_drift():
     assert verdict([steady, steady], Counter()) == []
     failures = verdict([steady, Window(3, 300, 5.0, 50.0, 260.0, 1)], Counter({"StatusCode.INTERNAL": 1}))
     assert len(failures) == 3
+    # With three windows or more the first is the warm-up: growth is measured from the second.
+    warming = Window(3, 300, 5.0, 20.0, 150.0, 0)
+    assert verdict([warming, steady, Window(3, 300, 5.0, 20.0, 215.0, 0)], Counter()) == []
+    assert verdict([warming, steady, Window(3, 300, 5.0, 20.0, 225.0, 0)], Counter())

@@ -53,7 +53,8 @@ class DataPlane:
         return self.repository.entries(), self.repository.default_model
 
     def model_versions(self, model: FewShotModel) -> list[str]:
-        return self.repository.models[model.name].ordered_versions()
+        entry = self.repository.models.get(model.name)  # None if a reload removed it meanwhile
+        return entry.ordered_versions() if entry else [model.version]
 
     # -- the pipeline's steps, run in the executor ------------------------------------------
     def _model_input(self, model: FewShotModel, items: Items, what: str) -> np.ndarray:
