@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 LOCAL := ./protos ./client ./server
 
-SERVING_SOURCES := $(shell find protos client server -name '*.py' -o -name '*.proto' -o -name '*.toml' -o -name '*.json' -o -name '*.onnx' -o -name '*.md' | grep -v '/build/')
+SERVING_SOURCES := $(shell find protos client server \( -name node_modules -o -name build \) -prune -o -type f \( -name '*.py' -o -name '*.proto' -o -name '*.toml' -o -name '*.json' -o -name '*.onnx' -o -name '*.md' \) -print)
 TRAINING_SOURCES := pyproject.toml $(shell find metalearn -name '*.py')
 
 SERVE_ARGS ?=
@@ -32,6 +32,9 @@ $(VENV)/.serving: $(BIN)/python $(SERVING_SOURCES)
 $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	$(PIP) install $(LOCAL) '.[dev]'
 	$(PIP) install --no-deps --force-reinstall .
+	@# The Node.js client the tests drive (npm registry, at install time only).
+	@if command -v npm >/dev/null 2>&1; then cd client/node && npm ci --no-audit --no-fund --silent; \
+	  else echo "note: npm missing; the Node.js client test will be skipped"; fi
 	touch $@
 
 install: $(VENV)/.serving

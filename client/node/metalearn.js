@@ -1,0 +1,61 @@
+#!/usr/bin/env node
+// A metalearn client in Node.js, built from the same .proto files as every other client.
+//
+//   node metalearn.js HOST:PORT request.json
+//
+// request.json: {"support": {"shape": [...], "data": "<base64 float32 LE>"}, "labels": [...],
+//                "queries": {"shape": [...], "data": "<base64>"}, "method": "METHOD_PROTOTYPE"}
+// Prints one JSON object: health, models, and the Classify answer (classes, labels, scores).
+'use strict';
+
+const fs = require('fs');
+const path = require('path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+
+const PROTOS = path.resolve(__dirname, '..', '..', 'protos');
+const LOADER_OPTIONS = { keepCase: true, longs: Number, enums: String, defaults: true, oneofs: true };
+
+function load(file, includeDirs) {
+  return grpc.loadPackageDefinition(protoLoader.loadSync(file, { ...LOADER_OPTIONS, includeDirs }));
+}
+
+function call(client, method, request) {
+  return new Promise((resolve, reject) => {
+    client[method](request, { deadline: Date.now() + 30000 }, (error, response) =>
+      error ? reject(error) : resolve(response));
+  });
+}
+
+function tensor({ shape, data }) {
+  return { dtype: 'DATA_TYPE_FLOAT32', shape, data: Buffer.from(data, 'base64') };
+}
+
+async function main() {
+  const [target, requestFile] = process.argv.slice(2);
+  const request = JSON.parse(fs.readFileSync(requestFile, 'utf8'));
+  const metalearn = load(['metalearn/v1/fewshot.proto', 'metalearn/v1/model.proto'], [PROTOS]).metalearn.v1;
+  const health = load('health.proto', [__dirname]).grpc.health.v1;
+  const credentials = grpc.credentials.createInsecure();
+
+  const status = await call(new health.Health(target, credentials), 'Check', { service: '' });
+  const models = await call(new metalearn.ModelService(target, credentials), 'ListModels', {});
+  const answer = await call(new metalearn.FewShotService(target, credentials), 'Classify', {
+    support: { items: { tensor: tensor(request.support) }, labels: request.labels },
+    queries: { tensor: tensor(request.queries) },
+    method: request.method || 'METHOD_UNSPECIFIED',
+  });
+  process.stdout.write(JSON.stringify({
+    health: status.status,
+    models: models.models.map((m) => ({ name: m.name, versions: m.versions })),
+    classes: answer.classes,
+    labels: answer.predictions.map((p) => p.label),
+    scores: answer.predictions.map((p) => p.scores),
+    method: answer.method,
+  }) + '\n');
+}
+
+main().catch((error) => {
+  process.stderr.write(`${error.code !== undefined ? grpc.status[error.code] : ''} ${error.details || error.message}\n`);
+  process.exit(1);
+});
