@@ -44,11 +44,11 @@ dev: $(VENV)/.dev
 serve: install
 	$(BIN)/metalearn-server $(SERVE_ARGS)
 
-# promtool checks the metrics exposition in the tests (Debian package `prometheus`).
+# The real servers some tests start: Prometheus (and promtool) and Redis, from Debian's packages.
 system-tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "note: promtool missing and not root; the promtool check will be skipped"; fi; }
+	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null; \
+	  else echo "note: prometheus or redis-server missing and not root; their tests will be skipped"; fi; }
 
 test: dev system-tools
 	$(BIN)/pytest

@@ -1,6 +1,8 @@
 """TaskStore: time to live, least-recently-used eviction, and messages that say why a task is gone."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 
@@ -28,8 +30,12 @@ def make_store(max_tasks: int = 3) -> tuple[TaskStore, Clock, list[str]]:
 
 
 def add(store: TaskStore, ttl: int = 0) -> str:
-    return store.add(model=None, classes=("a", "b"), head=HEAD, method="prototype", distance="euclidean",
-                     ttl_seconds=ttl).task_id
+    return asyncio.run(store.add(model=None, classes=("a", "b"), head=HEAD, method="prototype", distance="euclidean",
+                                 ttl_seconds=ttl)).task_id
+
+
+def get(store: TaskStore, task_id: str):
+    return asyncio.run(store.get(task_id))
 
 
 def test_expiry_uses_the_requested_ttl_capped_by_the_maximum():
@@ -37,13 +43,13 @@ def test_expiry_uses_the_requested_ttl_capped_by_the_maximum():
     short, default, capped = add(store, ttl=10), add(store), add(store, ttl=10_000)
     clock.now += 11
     with pytest.raises(NotFound, match="it expired"):
-        store.get(short)
-    assert store.get(default).task_id == default
+        get(store, short)
+    assert get(store, default).task_id == default
     clock.now += 50
     with pytest.raises(NotFound, match="expired"):
-        store.get(default)
+        get(store, default)
     clock.now += 600 - 61 - 1
-    assert store.get(capped).task_id == capped
+    assert get(store, capped).task_id == capped
     clock.now += 1
     assert len(store) == 0
     assert evictions == ["expired"] * 3
@@ -52,24 +58,24 @@ def test_expiry_uses_the_requested_ttl_capped_by_the_maximum():
 def test_least_recently_used_task_is_evicted_at_capacity():
     store, _, evictions = make_store(max_tasks=2)
     first, second = add(store), add(store)
-    store.get(first)  # now `second` is the least recently used
+    get(store, first)  # now `second` is the least recently used
     third = add(store)
     with pytest.raises(NotFound, match="evicted to make room"):
-        store.get(second)
-    assert {store.get(first).task_id, store.get(third).task_id} == {first, third}
+        get(store, second)
+    assert {get(store, first).task_id, get(store, third).task_id} == {first, third}
     assert evictions == ["capacity"]
 
 
 def test_delete_and_unknown_ids():
     store, _, evictions = make_store()
     task = add(store)
-    store.delete(task)
+    asyncio.run(store.delete(task))
     with pytest.raises(NotFound, match="was deleted"):
-        store.get(task)
+        get(store, task)
     with pytest.raises(NotFound, match="no such task"):
-        store.get("never-created")
+        get(store, "never-created")
     with pytest.raises(InvalidArgument):
-        store.get("")
+        get(store, "")
     assert evictions == []
 
 
@@ -88,12 +94,13 @@ def test_bytes_bound_evicts_least_recently_used_and_refuses_oversized_tasks():
                       on_evict=evictions.append)
     first, second, third = add(store), add(store), add(store)
     assert store.nbytes == 3 * HEAD.nbytes
-    store.get(first)
+    get(store, first)
     add(store)  # over the byte bound: `second`, the least recently used, goes
     with pytest.raises(NotFound, match="evicted"):
-        store.get(second)
-    assert store.get(third) and store.nbytes == 3 * HEAD.nbytes and evictions == ["capacity"]
+        get(store, second)
+    assert get(store, third) and store.nbytes == 3 * HEAD.nbytes and evictions == ["capacity"]
     big = Head(np.zeros((64, 64), np.float32), np.zeros(64, np.float32), "euclidean", 1.0,
                np.zeros((64, 64), np.float32), np.zeros(64, np.float32))
     with pytest.raises(ResourceExhausted, match="use fewer classes"):
-        store.add(model=None, classes=("a", "b"), head=big, method="finetune", distance="euclidean", ttl_seconds=0)
+        asyncio.run(store.add(model=None, classes=("a", "b"), head=big, method="finetune", distance="euclidean",
+                              ttl_seconds=0))

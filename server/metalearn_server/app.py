@@ -23,6 +23,7 @@ from metalearn_server.execution.repository import ModelRepository
 from metalearn_server.execution.runtime import resolve_providers
 from metalearn_server.observability import logging as json_logging
 from metalearn_server.observability.metrics import Metrics
+from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 from metalearn_server.scheduling.task_store import TaskStore
 from metalearn_server.settings import Settings
 from metalearn_server.transport.auth import BearerTokenInterceptor, load_tokens, server_credentials
@@ -44,8 +45,12 @@ def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
                                  settings.intra_op_threads,
                                  on_refused=lambda name, version: metrics.model_load_failures.labels(name).inc())
     show_models(repository, metrics)
-    tasks = TaskStore(settings.max_tasks, settings.task_ttl_seconds, settings.max_task_ttl_seconds,
-                      settings.max_task_bytes, on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
+    if settings.redis_url:
+        tasks = RedisTaskStore(settings.redis_url, repository, settings.task_ttl_seconds,
+                               settings.max_task_ttl_seconds, settings.max_task_bytes)
+    else:
+        tasks = TaskStore(settings.max_tasks, settings.task_ttl_seconds, settings.max_task_ttl_seconds,
+                          settings.max_task_bytes, on_evict=lambda reason: metrics.task_evictions.labels(reason).inc())
     metrics.track_tasks(lambda: len(tasks), lambda: tasks.nbytes)
     return DataPlane(repository, tasks, metrics, settings.limits, settings.workers, settings.max_queued_requests)
 
@@ -55,15 +60,17 @@ def show_models(repository: ModelRepository, metrics: Metrics) -> None:
                          for entry in repository.entries() for model in entry.versions.values()])
 
 
-async def watch_repository(repository: ModelRepository, metrics: Metrics, seconds: float) -> None:
-    """Hot reload: look for new, removed or repaired version folders every ``seconds``."""
+async def watch_repository(dataplane: DataPlane, metrics: Metrics, seconds: float) -> None:
+    """Hot reload: look for new, removed or repaired version folders every ``seconds``; refresh shared-store figures."""
     while True:
         await asyncio.sleep(seconds)
         try:
-            if await asyncio.to_thread(repository.refresh):
-                show_models(repository, metrics)
-        except Exception:  # noqa: BLE001 - a folder changing under the scan; the next poll sees it settled
-            log.exception("model repository scan failed; serving what was loaded")
+            if await asyncio.to_thread(dataplane.repository.refresh):
+                show_models(dataplane.repository, metrics)
+            if isinstance(dataplane.tasks, RedisTaskStore):
+                await dataplane.tasks.refresh_stats()
+        except Exception:  # noqa: BLE001 - a folder changing under the scan, Redis away; the next poll retries
+            log.exception("periodic refresh failed; serving what was loaded")
 
 
 async def serve(settings: Settings) -> None:
@@ -102,7 +109,7 @@ async def serve(settings: Settings) -> None:
              ", bearer tokens required" if tokens else "", settings.metrics_port,
              ", ".join(e.name for e in dataplane.repository.entries()))
 
-    watcher = asyncio.create_task(watch_repository(dataplane.repository, metrics, settings.poll_seconds)) \
+    watcher = asyncio.create_task(watch_repository(dataplane, metrics, settings.poll_seconds)) \
         if settings.poll_seconds > 0 else None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -117,6 +124,8 @@ async def serve(settings: Settings) -> None:
     await asyncio.sleep(settings.drain_seconds)  # balancers watching health stop routing here meanwhile
     await server.stop(settings.grace_seconds)
     dataplane.close()
+    if isinstance(dataplane.tasks, RedisTaskStore):
+        await dataplane.tasks.close()
     log.info("stopped")
 
 

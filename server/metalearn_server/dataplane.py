@@ -21,6 +21,7 @@ from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
 from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
 from metalearn_server.scheduling.admission import Admission
+from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 from metalearn_server.scheduling.task_store import Task, TaskStore
 from metalearn_server.validation import Limits
 
@@ -28,7 +29,7 @@ T = TypeVar("T")
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, tasks: TaskStore, metrics: Metrics,
+    def __init__(self, repository: ModelRepository, tasks: TaskStore | RedisTaskStore, metrics: Metrics,
                  limits: Limits, workers: int, max_queued: int) -> None:
         self.repository, self.tasks, self.metrics, self.limits = repository, tasks, metrics, limits
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
@@ -131,10 +132,10 @@ class DataPlane:
             return self._head(model, support, targets, len(classes), method, distance, adaptation)
 
         head = await self._run(work)
-        return self.tasks.add(model, classes, head, method, distance, ttl_seconds)
+        return await self.tasks.add(model, classes, head, method, distance, ttl_seconds)
 
     async def classify_task(self, task_id: str, queries: QueryRequest, rpc: str) -> Classification:
-        task = self.tasks.get(task_id)
+        task = await self.tasks.get(task_id)
         label_request(task.model.name, task.method)
         top_k, threshold = self._queries(queries, task.model, task.distance, rpc)
 
@@ -146,8 +147,8 @@ class DataPlane:
         return Classification(task.model.name, task.model.version, task.classes, scores.probabilities, scores.known,
                               threshold, task.method, task.distance, top_k)
 
-    def delete_task(self, task_id: str) -> None:
-        self.tasks.delete(task_id)
+    async def delete_task(self, task_id: str) -> None:
+        await self.tasks.delete(task_id)
 
     async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
         model = self.model(model_name, version)

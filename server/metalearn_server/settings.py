@@ -30,6 +30,7 @@ class Settings:
     max_queued_requests: int = 64
     intra_op_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
+    redis_url: str = ""
     max_tasks: int = 10_000
     max_task_bytes: int = 1 << 30
     task_ttl_seconds: float = 3600.0
@@ -59,6 +60,8 @@ HELP = {
     "max_queued_requests": "requests waiting for a worker; beyond it new ones get RESOURCE_EXHAUSTED at once",
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
+    "redis_url": "keep tasks in Redis (e.g. redis://localhost:6379/0, a database of metalearn's own) so that "
+                 "every replica can serve them; empty: in this process",
     "max_tasks": "tasks kept at once; the least recently used is evicted beyond it",
     "max_task_bytes": "bytes of task heads kept at once; the least recently used is evicted beyond it",
     "task_ttl_seconds": "time to live of a task whose request sets none",

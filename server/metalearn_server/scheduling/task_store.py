@@ -30,10 +30,12 @@ class Task:
 
 
 class TaskStore:
-    """In-process task store with TTL and LRU eviction.
+    """In-process task store with TTL and LRU eviction (the default).
 
     ``on_evict`` is told the reason ("expired" or "capacity") of each task
     dropped, for the metrics.  Not thread-safe: it lives on the event loop.
+    Its methods are coroutines only to share an interface with
+    :class:`~metalearn_server.scheduling.redis_task_store.RedisTaskStore`.
     """
 
     def __init__(self, max_tasks: int, default_ttl: float, max_ttl: float, max_bytes: int = 1 << 30,
@@ -54,8 +56,8 @@ class TaskStore:
     def ttl(self, requested_seconds: int) -> float:
         return min(float(requested_seconds), self.max_ttl) if requested_seconds else self.default_ttl
 
-    def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
-            ttl_seconds: int) -> Task:
+    async def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
+                  ttl_seconds: int) -> Task:
         if head.nbytes > self.max_bytes:
             raise ResourceExhausted(f"this task needs {head.nbytes} bytes, more than the task store's "
                                     f"{self.max_bytes}; use fewer classes")
@@ -71,7 +73,10 @@ class TaskStore:
         heapq.heappush(self._deadlines, (task.expires_at, task.task_id))
         return task
 
-    def get(self, task_id: str) -> Task:
+    async def get(self, task_id: str) -> Task:
+        return self._get(task_id)
+
+    def _get(self, task_id: str) -> Task:
         if not task_id:
             raise InvalidArgument("task_id is empty; pass the task_id that CreateTask returned")
         self._expire()
@@ -84,8 +89,8 @@ class TaskStore:
         self._tasks.move_to_end(task_id)
         return task
 
-    def delete(self, task_id: str) -> None:
-        self.get(task_id)
+    async def delete(self, task_id: str) -> None:
+        self._get(task_id)
         self._drop(task_id, "deleted")
 
     def _expire(self) -> None:

@@ -45,7 +45,7 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
                 task_id=request.task_id, classes=result.classes, predictions=codec.predictions(result))
 
     async def DeleteTask(self, request: fewshot_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.DeleteTaskResponse:
-        self.dataplane.delete_task(request.task_id)
+        await self.dataplane.delete_task(request.task_id)
         return fewshot_pb2.DeleteTaskResponse()
 
     async def Embed(self, request: fewshot_pb2.EmbedRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.EmbedResponse:

@@ -1,0 +1,99 @@
+"""Tasks in Redis, shared by every replica: a ClassifyTask can land on any of them.
+
+Each task is one Redis key holding its head (NumPy arrays, saved without
+pickles) and what it was made from (model name and version, classes, method,
+distance), with Redis's own expiry as its time to live.  Memory is bounded
+the Redis way: give metalearn a database of its own with ``maxmemory`` and
+``maxmemory-policy allkeys-lru``, and Redis evicts the least recently used
+tasks.  A replica resolves a task's model version in its own repository, so
+every replica should serve the same versions.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import secrets
+import time
+
+import numpy as np
+import redis.asyncio as redis
+
+from metalearn_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from metalearn_server.execution.model import FewShotModel, Head
+from metalearn_server.execution.repository import ModelRepository
+from metalearn_server.scheduling.task_store import Task
+
+PREFIX = "metalearn:task:"
+
+
+def encode(task: Task) -> bytes:
+    head = task.head
+    meta = {"model": task.model.name, "version": task.model.version, "classes": list(task.classes),
+            "method": task.method, "distance": task.distance, "temperature": head.temperature,
+            "expires_at": task.expires_at, "adapted": head.adapted}
+    arrays = {"weight": head.weight, "bias": head.bias}
+    if head.adapted:
+        arrays.update(prototype_weight=head.prototype_weight, prototype_bias=head.prototype_bias)
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.array(json.dumps(meta)), **arrays)
+    return buffer.getvalue()
+
+
+def decode(task_id: str, data: bytes, repository: ModelRepository) -> Task:
+    with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+        meta = json.loads(str(arrays["meta"]))
+        weight, bias = arrays["weight"], arrays["bias"]
+        prototype = (arrays["prototype_weight"], arrays["prototype_bias"]) if meta["adapted"] else (weight, bias)
+    try:
+        model = repository.get(meta["model"], meta["version"])
+    except NotFound:
+        raise NotFound(f"task {task_id!r} was made with model {meta['model']} version {meta['version']}, which "
+                       "this server does not serve (any more); create the task again") from None
+    head = Head(weight, bias, meta["distance"], meta["temperature"], *prototype)
+    return Task(task_id, model, tuple(meta["classes"]), head, meta["method"], meta["distance"], meta["expires_at"])
+
+
+class RedisTaskStore:
+    def __init__(self, url: str, repository: ModelRepository, default_ttl: float, max_ttl: float,
+                 max_bytes: int) -> None:
+        self.redis = redis.from_url(url)
+        self.repository, self.default_ttl, self.max_ttl, self.max_bytes = repository, default_ttl, max_ttl, max_bytes
+        self.count, self.nbytes = 0, 0  # refreshed by refresh_stats(), for the metrics
+
+    def __len__(self) -> int:
+        return self.count
+
+    def ttl(self, requested_seconds: int) -> float:
+        return min(float(requested_seconds), self.max_ttl) if requested_seconds else self.default_ttl
+
+    async def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
+                  ttl_seconds: int) -> Task:
+        if head.nbytes > self.max_bytes:
+            raise ResourceExhausted(f"this task needs {head.nbytes} bytes, more than the task store's "
+                                    f"{self.max_bytes}; use fewer classes")
+        ttl = self.ttl(ttl_seconds)
+        task = Task(secrets.token_urlsafe(16), model, classes, head, method, distance, time.time() + ttl)
+        await self.redis.set(PREFIX + task.task_id, encode(task), ex=max(1, math.ceil(ttl)))
+        return task
+
+    async def get(self, task_id: str) -> Task:
+        if not task_id:
+            raise InvalidArgument("task_id is empty; pass the task_id that CreateTask returned")
+        data = await self.redis.get(PREFIX + task_id)
+        if data is None:
+            raise NotFound(f"task {task_id!r} is not available: it expired, was evicted or deleted, or never "
+                           "existed; create it again with CreateTask")
+        return decode(task_id, data, self.repository)
+
+    async def delete(self, task_id: str) -> None:
+        if not await self.redis.delete(PREFIX + task_id):
+            await self.get(task_id)  # raises the NOT_FOUND that says so
+
+    async def refresh_stats(self) -> None:
+        """Live tasks and Redis memory, for the metrics (one cheap command each)."""
+        self.count = int(await self.redis.dbsize())
+        self.nbytes = int((await self.redis.info("memory"))["used_memory"])
+
+    async def close(self) -> None:
+        await self.redis.aclose()
