@@ -7,7 +7,7 @@ COPY protos protos
 COPY client client
 COPY server server
 RUN python -m venv /opt/metalearn \
- && /opt/metalearn/bin/pip install --no-cache-dir ./protos ./client ./server
+ && /opt/metalearn/bin/pip install --no-cache-dir ./protos ./client './server[redis]'
 
 FROM python:3.11-slim
 COPY --from=build /opt/metalearn /opt/metalearn

@@ -23,7 +23,6 @@ from metalearn_server.execution.repository import ModelRepository
 from metalearn_server.execution.runtime import resolve_providers
 from metalearn_server.observability import logging as json_logging
 from metalearn_server.observability.metrics import Metrics
-from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 from metalearn_server.scheduling.task_store import TaskStore
 from metalearn_server.settings import Settings
 from metalearn_server.transport.auth import BearerTokenInterceptor, load_tokens, server_credentials
@@ -46,6 +45,8 @@ def build_dataplane(settings: Settings, metrics: Metrics) -> DataPlane:
                                  on_refused=lambda name, version: metrics.model_load_failures.labels(name).inc())
     show_models(repository, metrics)
     if settings.redis_url:
+        from metalearn_server.scheduling.redis_task_store import RedisTaskStore  # the [redis] extra
+
         tasks = RedisTaskStore(settings.redis_url, repository, settings.task_ttl_seconds,
                                settings.max_task_ttl_seconds, settings.max_task_bytes)
     else:
@@ -67,7 +68,7 @@ async def watch_repository(dataplane: DataPlane, metrics: Metrics, seconds: floa
         try:
             if await asyncio.to_thread(dataplane.repository.refresh):
                 show_models(dataplane.repository, metrics)
-            if isinstance(dataplane.tasks, RedisTaskStore):
+            if hasattr(dataplane.tasks, "refresh_stats"):  # a shared store
                 await dataplane.tasks.refresh_stats()
         except Exception:  # noqa: BLE001 - a folder changing under the scan, Redis away; the next poll retries
             log.exception("periodic refresh failed; serving what was loaded")
@@ -124,7 +125,7 @@ async def serve(settings: Settings) -> None:
     await asyncio.sleep(settings.drain_seconds)  # balancers watching health stop routing here meanwhile
     await server.stop(settings.grace_seconds)
     dataplane.close()
-    if isinstance(dataplane.tasks, RedisTaskStore):
+    if hasattr(dataplane.tasks, "close"):
         await dataplane.tasks.close()
     log.info("stopped")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 import numpy as np
 
@@ -21,15 +21,17 @@ from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
 from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
 from metalearn_server.scheduling.admission import Admission
-from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 from metalearn_server.scheduling.task_store import Task, TaskStore
 from metalearn_server.validation import Limits
+
+if TYPE_CHECKING:
+    from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 
 T = TypeVar("T")
 
 
 class DataPlane:
-    def __init__(self, repository: ModelRepository, tasks: TaskStore | RedisTaskStore, metrics: Metrics,
+    def __init__(self, repository: ModelRepository, tasks: TaskStore | "RedisTaskStore", metrics: Metrics,
                  limits: Limits, workers: int, max_queued: int) -> None:
         self.repository, self.tasks, self.metrics, self.limits = repository, tasks, metrics, limits
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
