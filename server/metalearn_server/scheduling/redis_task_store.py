@@ -19,10 +19,10 @@ import time
 import numpy as np
 import redis.asyncio as redis
 
-from metalearn_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from metalearn_server.errors import NotFound
 from metalearn_server.execution.model import FewShotModel, Head
 from metalearn_server.execution.repository import ModelRepository
-from metalearn_server.scheduling.task_store import Task
+from metalearn_server.scheduling.task_store import Task, TaskPolicy, require_task_id
 
 PREFIX = "metalearn:task:"
 
@@ -58,28 +58,22 @@ class RedisTaskStore:
     def __init__(self, url: str, repository: ModelRepository, default_ttl: float, max_ttl: float,
                  max_bytes: int) -> None:
         self.redis = redis.from_url(url)
-        self.repository, self.default_ttl, self.max_ttl, self.max_bytes = repository, default_ttl, max_ttl, max_bytes
+        self.repository, self.policy = repository, TaskPolicy(default_ttl, max_ttl, max_bytes)
         self.count, self.nbytes = 0, 0  # refreshed by refresh_stats(), for the metrics
 
     def __len__(self) -> int:
         return self.count
 
-    def ttl(self, requested_seconds: int) -> float:
-        return min(float(requested_seconds), self.max_ttl) if requested_seconds else self.default_ttl
-
     async def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
                   ttl_seconds: int) -> Task:
-        if head.nbytes > self.max_bytes:
-            raise ResourceExhausted(f"this task needs {head.nbytes} bytes, more than the task store's "
-                                    f"{self.max_bytes}; use fewer classes")
-        ttl = self.ttl(ttl_seconds)
+        self.policy.admit(head)
+        ttl = self.policy.ttl(ttl_seconds)
         task = Task(secrets.token_urlsafe(16), model, classes, head, method, distance, time.time() + ttl)
         await self.redis.set(PREFIX + task.task_id, encode(task), ex=max(1, math.ceil(ttl)))
         return task
 
     async def get(self, task_id: str) -> Task:
-        if not task_id:
-            raise InvalidArgument("task_id is empty; pass the task_id that CreateTask returned")
+        require_task_id(task_id)
         data = await self.redis.get(PREFIX + task_id)
         if data is None:
             raise NotFound(f"task {task_id!r} is not available: it expired, was evicted or deleted, or never "

@@ -29,6 +29,29 @@ class Task:
     expires_at: float  # time.time() seconds
 
 
+@dataclass(frozen=True)
+class TaskPolicy:
+    """What every task store enforces, wherever it keeps tasks."""
+
+    default_ttl: float
+    max_ttl: float
+    max_bytes: int
+
+    def ttl(self, requested_seconds: int) -> float:
+        """The requested time to live capped by the maximum; 0 asks for the default."""
+        return min(float(requested_seconds), self.max_ttl) if requested_seconds else self.default_ttl
+
+    def admit(self, head: Head) -> None:
+        if head.nbytes > self.max_bytes:
+            raise ResourceExhausted(f"this task needs {head.nbytes} bytes, more than the task store's "
+                                    f"{self.max_bytes}; use fewer classes")
+
+
+def require_task_id(task_id: str) -> None:
+    if not task_id:
+        raise InvalidArgument("task_id is empty; pass the task_id that CreateTask returned")
+
+
 class TaskStore:
     """In-process task store with TTL and LRU eviction (the default).
 
@@ -41,7 +64,7 @@ class TaskStore:
     def __init__(self, max_tasks: int, default_ttl: float, max_ttl: float, max_bytes: int = 1 << 30,
                  clock: Callable[[], float] = time.time,
                  on_evict: Callable[[str], None] = lambda reason: None) -> None:
-        self.max_tasks, self.default_ttl, self.max_ttl, self.max_bytes = max_tasks, default_ttl, max_ttl, max_bytes
+        self.max_tasks, self.policy = max_tasks, TaskPolicy(default_ttl, max_ttl, max_bytes)
         self.nbytes = 0
         self.clock, self.on_evict = clock, on_evict
         self._tasks: OrderedDict[str, Task] = OrderedDict()  # least recently used first
@@ -53,20 +76,16 @@ class TaskStore:
         self._expire()
         return len(self._tasks)
 
-    def ttl(self, requested_seconds: int) -> float:
-        return min(float(requested_seconds), self.max_ttl) if requested_seconds else self.default_ttl
-
     async def add(self, model: FewShotModel, classes: tuple[str, ...], head: Head, method: str, distance: str,
                   ttl_seconds: int) -> Task:
-        if head.nbytes > self.max_bytes:
-            raise ResourceExhausted(f"this task needs {head.nbytes} bytes, more than the task store's "
-                                    f"{self.max_bytes}; use fewer classes")
+        self.policy.admit(head)
         self._expire()
-        while self._tasks and (len(self._tasks) >= self.max_tasks or self.nbytes + head.nbytes > self.max_bytes):
+        while self._tasks and (len(self._tasks) >= self.max_tasks
+                               or self.nbytes + head.nbytes > self.policy.max_bytes):
             self._drop(next(iter(self._tasks)), "capacity")
         task = Task(
             task_id=secrets.token_urlsafe(16), model=model, classes=classes, head=head, method=method,
-            distance=distance, expires_at=self.clock() + self.ttl(ttl_seconds),
+            distance=distance, expires_at=self.clock() + self.policy.ttl(ttl_seconds),
         )
         self._tasks[task.task_id] = task
         self.nbytes += head.nbytes
@@ -77,8 +96,7 @@ class TaskStore:
         return self._get(task_id)
 
     def _get(self, task_id: str) -> Task:
-        if not task_id:
-            raise InvalidArgument("task_id is empty; pass the task_id that CreateTask returned")
+        require_task_id(task_id)
         self._expire()
         task = self._tasks.get(task_id)
         if task is None:
