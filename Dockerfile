@@ -1,6 +1,6 @@
 # The serving image: protocol stubs, server and client CLI on ONNX Runtime. No torch.
 #   docker build -t metalearn .
-#   docker run -p 50051:50051 -p 9090:9090 metalearn
+#   docker run -p 50051:50051 -p 8002:8002 metalearn
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY protos protos
@@ -16,7 +16,7 @@ USER metalearn
 ENV PATH=/opt/metalearn/bin:$PATH \
     METALEARN_HOST=[::] \
     METALEARN_PORT=50051 \
-    METALEARN_METRICS_PORT=9090
-EXPOSE 50051 9090
+    METALEARN_METRICS_PORT=8002
+EXPOSE 50051 8002
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s CMD ["metalearn", "--target", "localhost:50051", "--timeout", "2", "health"]
 ENTRYPOINT ["metalearn-server"]

@@ -21,7 +21,7 @@ ENV_PREFIX = "METALEARN_"
 class Settings:
     host: str = "[::]"
     port: int = 50051
-    metrics_port: int = 9090
+    metrics_port: int = 8002
     model_repository: Path = BUNDLED_REPOSITORY
     default_model: str = ""
     poll_seconds: float = 5.0
@@ -50,7 +50,8 @@ class Settings:
 HELP = {
     "host": "address to listen on for gRPC",
     "port": "gRPC port (0: pick a free one and log it)",
-    "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint)",
+    "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint); "
+                    "8002 as in Triton, clear of Prometheus's own 9090",
     "model_repository": "model repository folder holding <name>/<version>/config.json; the default is the bundled one",
     "poll_seconds": "how often the model repository is scanned for new, removed or repaired versions (0: never)",
     "default_model": "model used when a request names none; empty: the first by name",
