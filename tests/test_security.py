@@ -73,30 +73,20 @@ def test_health_can_require_a_token_too(tmp_path):
         stop_server(server)
 
 
-def test_tls(tmp_path, pki):
-    server = start_server(tmp_path, "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
-                          probe=lambda target: Client(target, tls_ca=(pki / "ca.pem").read_bytes(), timeout=1.0))
-    try:
-        with Client(server.target, tls_ca=(pki / "ca.pem").read_bytes()) as client:
-            assert classify(client) == 1
-        with Client(server.target, retries=0, timeout=3) as plaintext:
-            with pytest.raises(MetalearnError) as error:
-                plaintext.health()
-            assert error.value.code == grpc.StatusCode.UNAVAILABLE
-    finally:
-        stop_server(server)
-
-
-def test_mutual_tls(tmp_path, pki):
+@pytest.mark.parametrize("mutual", [False, True])
+def test_tls(tmp_path, pki, mutual):
+    """TLS refuses plaintext clients; mutual TLS also refuses clients without a certificate the CA signed."""
     ca = (pki / "ca.pem").read_bytes()
     mine = {"tls_cert": (pki / "client.pem").read_bytes(), "tls_key": (pki / "client.key").read_bytes()}
-    server = start_server(tmp_path, "--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key"),
-                          "--tls-client-ca", str(pki / "ca.pem"),
-                          probe=lambda target: Client(target, tls_ca=ca, timeout=1.0, **mine))
+    flags = ["--tls-cert", str(pki / "server.pem"), "--tls-key", str(pki / "server.key")]
+    trusted = {"tls_ca": ca, **(mine if mutual else {})}
+    server = start_server(tmp_path, *flags, *(["--tls-client-ca", str(pki / "ca.pem")] if mutual else []),
+                          probe=lambda target: Client(target, timeout=1.0, **trusted))
+    refused = {"tls_ca": ca} if mutual else {}  # mutual: TLS without a client certificate; else plaintext
     try:
-        with Client(server.target, tls_ca=ca, **mine) as client:
+        with Client(server.target, **trusted) as client:
             assert classify(client) == 1
-        with Client(server.target, tls_ca=ca, retries=0, timeout=3) as stranger:
+        with Client(server.target, retries=0, timeout=3, **refused) as stranger:
             with pytest.raises(MetalearnError) as error:
                 stranger.health()
             assert error.value.code == grpc.StatusCode.UNAVAILABLE
