@@ -1,4 +1,5 @@
-"""Assembles the server: repository → data plane → gRPC services, health, reflection, metrics.
+"""Assembles the server: repository → data plane → gRPC services (metalearn.v1 and KServe v2),
+health, reflection, metrics.
 
 ``metalearn-server --help`` lists the flags.  On SIGTERM or SIGINT, health
 turns NOT_SERVING first and the server keeps serving for ``--drain-seconds``
@@ -15,6 +16,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from metalearn.kserve.v2 import grpc_service_pb2, grpc_service_pb2_grpc
 from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, model_pb2, model_pb2_grpc
 
 from metalearn_server import settings as settings_module
@@ -28,6 +30,7 @@ from metalearn_server.settings import Settings
 from metalearn_server.transport.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from metalearn_server.transport.fewshot_servicer import FewShotServicer
 from metalearn_server.transport.interceptors import ServingInterceptor
+from metalearn_server.transport.kserve_servicer import KServeServicer
 from metalearn_server.transport.model_servicer import ModelServicer
 
 log = logging.getLogger("metalearn_server")
@@ -35,6 +38,7 @@ log = logging.getLogger("metalearn_server")
 SERVICE_NAMES = (
     fewshot_pb2.DESCRIPTOR.services_by_name["FewShotService"].full_name,
     model_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name,
+    grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,  # KServe v2
 )
 
 
@@ -86,8 +90,11 @@ async def serve(settings: Settings) -> None:
         options=[("grpc.max_receive_message_length", settings.max_message_bytes),
                  ("grpc.max_send_message_length", settings.max_message_bytes)],
     )
+    stop = asyncio.Event()
     fewshot_pb2_grpc.add_FewShotServiceServicer_to_server(FewShotServicer(dataplane), server)
     model_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(dataplane), server)
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
+        KServeServicer(dataplane, ready=lambda: not stop.is_set()), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
@@ -112,7 +119,6 @@ async def serve(settings: Settings) -> None:
 
     watcher = asyncio.create_task(watch_repository(dataplane, metrics, settings.poll_seconds)) \
         if settings.poll_seconds > 0 else None
-    stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)

@@ -26,7 +26,7 @@ STATUS = {
     errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
-SERVICES = ("/metalearn.v1.FewShotService/", "/metalearn.v1.ModelService/")
+SERVICES = ("/metalearn.v1.FewShotService/", "/metalearn.v1.ModelService/", "/inference.GRPCInferenceService/")
 
 
 class _Undecodable:
@@ -46,10 +46,10 @@ def _lenient(deserialize: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse
 
 
-def _decoded(request: Any, rpc: str) -> Any:
+def _decoded(request: Any, service: str, rpc: str) -> Any:
     if isinstance(request, _Undecodable):
-        raise errors.InvalidArgument(f"the bytes sent are not a metalearn.v1 {rpc}Request ({request.error}); "
-                                     "send the message generated from protos/metalearn/v1")
+        raise errors.InvalidArgument(f"the bytes sent are not a {service}.{rpc}Request ({request.error}); "
+                                     "send the message generated from the .proto files under protos/")
     return request
 
 
@@ -70,13 +70,14 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(SERVICES):
             return handler
-        rpc = details.method.rsplit("/", 1)[-1]
+        service, rpc = details.method.strip("/").rsplit("/", 1)
+        service = service.rsplit(".", 1)[0]  # the proto package: metalearn.v1 or inference
         if handler.unary_unary:
             behavior = handler.unary_unary
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 async with self._served(rpc, context):
-                    return await behavior(_decoded(request, rpc), context)
+                    return await behavior(_decoded(request, service, rpc), context)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, request_deserializer=_lenient(handler.request_deserializer),
@@ -87,7 +88,7 @@ class ServingInterceptor(grpc.aio.ServerInterceptor):
             async def stream(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 async def decoded() -> AsyncIterator[Any]:
                     async for request in requests:
-                        yield _decoded(request, rpc)
+                        yield _decoded(request, service, rpc)
 
                 async with self._served(rpc, context):
                     async for response in streaming(decoded(), context):

@@ -1,0 +1,264 @@
+"""KServe v2 (Open Inference Protocol) tensors and parameters ↔ the data plane's plain values.
+
+How metalearn's models look to a v2 client (tritonclient, kserve, …):
+
+Model ``<name>``: few-shot classification, platform ``metalearn_fewshot``.
+
+=================  =========  =======================  ==================================================
+tensor             datatype   shape                    meaning
+=================  =========  =======================  ==================================================
+``SUPPORT``        FP32       ``[n, *item shape]``     the labelled examples (input)
+``SUPPORT_LABELS`` BYTES      ``[n]``                  one UTF-8 class label per support item (input)
+``QUERY``          FP32       ``[m, *item shape]``     the items to classify (input)
+``SCORES``         FP32       ``[m, classes]``         probabilities; columns in ``CLASSES`` order (output)
+``CLASSES``        BYTES      ``[classes]``            labels in order of first appearance (output)
+``LABELS``         BYTES      ``[m]``                  best class per query, empty if rejected (output)
+``KNOWN_SCORE``    FP32       ``[m]``                  open-set score; below the threshold is unknown
+=================  =========  =======================  ==================================================
+
+Request parameters carry what metalearn.v1 puts in fields: ``method`` and
+``distance`` (string), ``adaptation_steps`` (int64), ``adaptation_learning_rate``,
+``adaptation_l2`` and ``rejection_threshold`` (double).  Absent means the model's default.
+
+Model ``<name>.embed``: the backbone alone, platform ``onnxruntime_onnx``:
+``ITEMS`` FP32 ``[n, *item shape]`` in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
+
+Tensor bytes come either as ``raw_input_contents`` (what tritonclient sends) or as
+typed ``contents``; answers always use ``raw_output_contents``.  Raw tensors
+are read with ``np.frombuffer``, without a copy, as in the native codec.
+"""
+from __future__ import annotations
+
+import math
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+from metalearn.kserve.v2 import grpc_service_pb2 as pb
+
+from metalearn_server.errors import InvalidArgument
+from metalearn_server.execution.model import FewShotModel
+from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
+
+EMBED_SUFFIX = ".embed"
+FEWSHOT_PLATFORM = "metalearn_fewshot"
+EMBED_PLATFORM = "onnxruntime_onnx"
+
+#: Protocol datatypes of numeric tensors, little-endian as the protocol requires.
+NUMERIC = {
+    "BOOL": np.dtype("?"), "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT64": np.dtype("<u8"), "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+}
+#: Which typed ``contents`` field carries each datatype.
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents", "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents", "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents", "FP16": "fp32_contents", "FP32": "fp32_contents", "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+DATATYPE = {dtype: name for name, dtype in NUMERIC.items()}
+
+#: Request parameters and the protobuf ``oneof`` member each must use.
+PARAMETERS = {
+    "method": "string_param", "distance": "string_param", "adaptation_steps": "int64_param",
+    "adaptation_learning_rate": "double_param", "adaptation_l2": "double_param", "rejection_threshold": "double_param",
+}
+
+FEWSHOT_INPUTS = ("SUPPORT", "SUPPORT_LABELS", "QUERY")
+
+
+@dataclass(frozen=True)
+class Output:
+    """One output tensor, encoded: protocol datatype, shape and raw bytes."""
+
+    datatype: str
+    shape: tuple[int, ...]
+    raw: bytes
+
+
+def split_model_name(name: str) -> tuple[str, bool]:
+    """``"omniglot-conv4.embed"`` → ``("omniglot-conv4", True)``: the repository model, and whether the backbone alone."""
+    if name.endswith(EMBED_SUFFIX):
+        return name[: -len(EMBED_SUFFIX)], True
+    return name, False
+
+
+# -- metadata -----------------------------------------------------------------------------------
+def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
+    item = [-1, *model.config.input_shape]
+    datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
+    tensor = pb.ModelMetadataResponse.TensorMetadata
+    if embed:
+        inputs = [tensor(name="ITEMS", datatype=datatype, shape=item)]
+        outputs = [tensor(name="EMBEDDINGS", datatype="FP32", shape=[-1, model.config.embedding_size])]
+    else:
+        inputs = [tensor(name="SUPPORT", datatype=datatype, shape=item),
+                  tensor(name="SUPPORT_LABELS", datatype="BYTES", shape=[-1]),
+                  tensor(name="QUERY", datatype=datatype, shape=item)]
+        outputs = [tensor(name="SCORES", datatype="FP32", shape=[-1, -1]),
+                   tensor(name="CLASSES", datatype="BYTES", shape=[-1]),
+                   tensor(name="LABELS", datatype="BYTES", shape=[-1]),
+                   tensor(name="KNOWN_SCORE", datatype="FP32", shape=[-1])]
+    return pb.ModelMetadataResponse(
+        name=model.name + (EMBED_SUFFIX if embed else ""), versions=versions,
+        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM, inputs=inputs, outputs=outputs)
+
+
+# -- inputs -------------------------------------------------------------------------------------
+def decode_bytes_elements(raw: bytes, count: int, what: str) -> list[bytes]:
+    """The protocol's BYTES encoding: each element is a 4-byte little-endian length, then that many bytes."""
+    elements, offset = [], 0
+    for index in range(count):
+        if offset + 4 > len(raw):
+            raise InvalidArgument(f"{what} ends before element {index}'s 4-byte length; "
+                                  f"shape promises {count} elements")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise InvalidArgument(f"{what} element {index} claims {length} bytes, {len(raw) - offset} remain")
+        elements.append(raw[offset: offset + length])
+        offset += length
+    if offset != len(raw):
+        raise InvalidArgument(f"{what} has {len(raw) - offset} bytes after its {count} elements")
+    return elements
+
+
+def encode_bytes_elements(elements: list[str] | tuple[str, ...]) -> bytes:
+    encoded = [element.encode() for element in elements]
+    return b"".join(struct.pack("<I", len(element)) + element for element in encoded)
+
+
+def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray | list[bytes]:
+    what = f"input {tensor.name}"
+    shape = tuple(tensor.shape)
+    if not shape or any(d < 0 for d in shape):
+        raise InvalidArgument(f"{what} has shape {list(shape)}; give every dimension, none negative")
+    count = math.prod(shape)
+    if tensor.datatype == "BYTES":
+        if raw is not None:
+            return decode_bytes_elements(raw, count, what)
+        elements = list(tensor.contents.bytes_contents)
+        if len(elements) != count:
+            raise InvalidArgument(f"{what} has {len(elements)} bytes_contents; shape {list(shape)} needs {count}")
+        return elements
+    dtype = NUMERIC.get(tensor.datatype)
+    if dtype is None:
+        raise InvalidArgument(f"{what} has datatype {tensor.datatype!r}; use one of "
+                              f"{', '.join([*NUMERIC, 'BYTES'])}")
+    if raw is not None:
+        if len(raw) != count * dtype.itemsize:
+            raise InvalidArgument(f"{what} has {len(raw)} raw bytes; shape {list(shape)} of {tensor.datatype} "
+                                  f"needs {count * dtype.itemsize} (row-major, little-endian)")
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+    values = getattr(tensor.contents, CONTENTS_FIELD[tensor.datatype])
+    if len(values) != count:
+        raise InvalidArgument(f"{what} has {len(values)} {CONTENTS_FIELD[tensor.datatype]}; "
+                              f"shape {list(shape)} needs {count}")
+    return np.asarray(values, dtype=dtype).reshape(shape)
+
+
+def inputs(request: pb.ModelInferRequest, expected: tuple[str, ...]) -> dict[str, np.ndarray | list[bytes]]:
+    """Every expected input, decoded; anything missing, repeated or unknown is refused."""
+    names = [tensor.name for tensor in request.inputs]
+    unknown = sorted(set(names) - set(expected))
+    missing = [name for name in expected if name not in names]
+    if unknown or missing or len(names) != len(set(names)):
+        raise InvalidArgument(f"model {request.model_name} takes the inputs {', '.join(expected)}, once each; "
+                              f"the request has {', '.join(names) or 'none'} (see ModelMetadata)")
+    raw = list(request.raw_input_contents)
+    if raw and len(raw) != len(names):
+        raise InvalidArgument(f"raw_input_contents has {len(raw)} entries for {len(names)} inputs; "
+                              "send one per input, in the order of inputs, or none and use contents")
+    return {tensor.name: _decode_input(tensor, raw[i] if raw else None) for i, tensor in enumerate(request.inputs)}
+
+
+def _parameter(request: pb.ModelInferRequest, name: str) -> str | int | float | None:
+    if name not in request.parameters:
+        return None
+    parameter = request.parameters[name]
+    kind = parameter.WhichOneof("parameter_choice")
+    if kind != PARAMETERS[name]:
+        raise InvalidArgument(f"parameter {name} is a {kind or 'value-less parameter'}; "
+                              f"send it as {PARAMETERS[name]}")
+    return getattr(parameter, kind)
+
+
+def _as_items(value: np.ndarray | list[bytes], name: str) -> Items:
+    if isinstance(value, list):
+        raise InvalidArgument(f"input {name} is BYTES; send the item tensor as the model's datatype (ModelMetadata)")
+    if value.ndim < 2:
+        raise InvalidArgument(f"input {name} has shape {list(value.shape)}; give the item count first, "
+                              "then the item's dimensions")
+    return Items(tensor=value)
+
+
+def _labels(value: np.ndarray | list[bytes]) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise InvalidArgument("input SUPPORT_LABELS must be BYTES: one UTF-8 label per support item")
+    try:
+        return tuple(label.decode() for label in value)
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(f"input SUPPORT_LABELS holds a label that is not UTF-8 ({error})") from None
+
+
+def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[SupportRequest, QueryRequest]:
+    """A v2 inference on a few-shot model, as the native Classify call it stands for."""
+    unknown = sorted(set(request.parameters) - set(PARAMETERS))
+    if unknown:
+        raise InvalidArgument(f"unknown parameter {', '.join(unknown)}; few-shot models take {', '.join(PARAMETERS)}")
+    tensors = inputs(request, FEWSHOT_INPUTS)
+    support = SupportRequest(
+        model=model_name,
+        model_version=request.model_version,
+        items=_as_items(tensors["SUPPORT"], "SUPPORT"),
+        labels=_labels(tensors["SUPPORT_LABELS"]),
+        method=_parameter(request, "method") or "",
+        distance=_parameter(request, "distance") or "",
+        adaptation=AdaptationRequest(steps=_parameter(request, "adaptation_steps"),
+                                     learning_rate=_parameter(request, "adaptation_learning_rate"),
+                                     l2=_parameter(request, "adaptation_l2")),
+    )
+    return support, QueryRequest(items=_as_items(tensors["QUERY"], "QUERY"),
+                                 rejection_threshold=_parameter(request, "rejection_threshold"))
+
+
+def embed_items(request: pb.ModelInferRequest) -> Items:
+    if request.parameters:
+        raise InvalidArgument(f"the backbone model takes no parameters; drop {', '.join(sorted(request.parameters))}")
+    return _as_items(inputs(request, ("ITEMS",))["ITEMS"], "ITEMS")
+
+
+# -- outputs ------------------------------------------------------------------------------------
+def float_output(array: np.ndarray) -> Output:
+    array = np.ascontiguousarray(array, dtype="<f4")
+    return Output("FP32", array.shape, array.tobytes())
+
+
+def bytes_output(elements: list[str] | tuple[str, ...]) -> Output:
+    return Output("BYTES", (len(elements),), encode_bytes_elements(elements))
+
+
+def classification_outputs(result: Classification) -> dict[str, Output]:
+    best = result.probabilities.argmax(axis=1)
+    labels = ["" if unknown else result.classes[i] for i, unknown in zip(best.tolist(), result.unknown.tolist())]
+    return {"SCORES": float_output(result.probabilities), "CLASSES": bytes_output(result.classes),
+            "LABELS": bytes_output(labels), "KNOWN_SCORE": float_output(result.known)}
+
+
+def infer_response(request: pb.ModelInferRequest, model_name: str, version: str,
+                   outputs: dict[str, Output]) -> pb.ModelInferResponse:
+    """The requested outputs (all, if none were named), in the order asked for."""
+    for wanted in request.outputs:
+        if wanted.name not in outputs:
+            raise InvalidArgument(f"model {request.model_name} has no output {wanted.name!r}; "
+                                  f"it has {', '.join(outputs)}")
+        if wanted.parameters:
+            raise InvalidArgument(f"output {wanted.name}: output parameters "
+                                  f"({', '.join(sorted(wanted.parameters))}) are not supported")
+    names = [wanted.name for wanted in request.outputs] or list(outputs)
+    return pb.ModelInferResponse(
+        model_name=model_name, model_version=version, id=request.id,
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=outputs[name].datatype,
+                                                         shape=outputs[name].shape) for name in names],
+        raw_output_contents=[outputs[name].raw for name in names])
