@@ -1,10 +1,13 @@
 # metalearn: `make serve` and `make test` are all a fresh machine needs.
 # Everything lands in .venv at the repository root; nothing is installed globally
-# except, as root, the Debian package that provides promtool for the metrics test.
+# except, as root, the Debian packages of the real servers some tests start;
+# .venv-triton holds the Triton client that the KServe v2 test drives.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+TRITON_VENV := .venv-triton
+TRITONCLIENT_VERSION := 2.73.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 LOCAL := ./protos ./client ./server
 
@@ -35,6 +38,9 @@ $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	@# The Node.js client the tests drive (npm registry, at install time only).
 	@if command -v npm >/dev/null 2>&1; then cd client/node && npm ci --no-audit --no-fund --silent; \
 	  else echo "note: npm missing; the Node.js client test will be skipped"; fi
+	@# The unmodified Triton client the KServe v2 test drives; its own venv, as it pins an older protobuf.
+	$(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[grpc]==$(TRITONCLIENT_VERSION)'
 	touch $@
 
 install: $(VENV)/.serving
@@ -75,4 +81,4 @@ soak: dev
 	$(BIN)/python -m metalearn.soak --minutes $(or $(SOAK_MINUTES),5)
 
 clean:
-	rm -rf $(VENV) protos/build client/build server/build build *.egg-info */*.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) protos/build client/build server/build build *.egg-info */*.egg-info
