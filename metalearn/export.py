@@ -93,8 +93,9 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
     lines = [
         f"# {name} version {version}",
         "",
-        "Few-shot embedding model for handwritten characters: a Conv-4 backbone meta-trained with",
-        f"{train_config['algorithm']} on Omniglot `background` (28×28, rotations as extra classes).",
+        f"Few-shot embedding model for handwritten characters: a Conv-4 backbone (`{train_config['backbone']}`,",
+        f"{config['embedding_size']}-d embeddings) meta-trained with {train_config['algorithm']} on Omniglot",
+        "`background` (28×28, rotations as extra classes).",
         "It embeds 28×28 grayscale images (strokes light on dark after preprocessing); the service",
         "classifies queries against any support set by prototypes or by fast adaptation of a linear head.",
         "",

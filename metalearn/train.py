@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import torch
 from tqdm import tqdm
 
 from metalearn.algorithms import anil, maml, proto_maml, protonet
+from metalearn.augmentation import random_shift
 from metalearn.backbones import BACKBONES
 from metalearn.calibration import embedded_episodes
 from metalearn.data import FewShotImages, load_split, split_by_alphabet, to_model_input
@@ -38,16 +39,17 @@ class TrainConfig:
     """Everything that decides a training run; written into the model card."""
 
     algorithm: str = "protonet"  # protonet, proto-maml, anil or maml
-    backbone: str = "conv4"
+    backbone: str = "conv4-3x3"  # a key of metalearn.backbones.BACKBONES
     ways: int = 60
     shots: int = 1
     queries: int = 5
-    episodes: int = 4000
+    episodes: int = 5000
     lr: float = 1e-3
-    lr_halve_every: int = 1500
+    lr_halve_every: int = 2000
     inner_steps: int = 5  # proto-maml, anil, maml
     inner_lr: float = 0.1
     first_order: bool = False  # anil, maml (proto-maml is first order by definition)
+    shift: int = 2  # random translation of training images, in pixels (metalearn.augmentation)
     val_every: int = 500
     val_episodes: int = 300
     val_alphabets: int = 5
@@ -124,8 +126,13 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
 
     started = time.monotonic() - state["seconds"]
     progress = tqdm(range(state["episode"], config.episodes), initial=state["episode"], total=config.episodes, desc="train")
+    shifts = np.random.default_rng(config.seed + state["episode"] + 1)
     for episode_index in progress:
-        loss, accuracy = episode_loss(config, backbone, head, sampler.sample())
+        episode = sampler.sample()
+        if config.shift:
+            episode = replace(episode, support=random_shift(episode.support, config.shift, shifts),
+                              query=random_shift(episode.query, config.shift, shifts))
+        loss, accuracy = episode_loss(config, backbone, head, episode)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

@@ -7,6 +7,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from metalearn.augmentation import random_shift
+from metalearn.backbones import BACKBONES
 from metalearn.data import load_split, split_by_alphabet, to_model_input
 from metalearn.episodes import EpisodeSampler
 from metalearn.evaluate import evaluate, in_process
@@ -32,6 +34,30 @@ def test_validation_alphabets_are_disjoint_from_training():
     assert len(train_data.with_rotations().images) == 4 * len(train_data.images)
 
 
+def test_random_shift_translates_each_image_within_bounds():
+    images = np.zeros((200, 28, 28), np.uint8)
+    images[:, 12:16, 10:14] = np.arange(1, 17, dtype=np.uint8).reshape(4, 4)  # a 4×4 mark, all distinct
+    shifted = random_shift(images, 2, np.random.default_rng(0))
+    offsets = set()
+    for image in shifted:
+        rows, cols = np.nonzero(image)
+        assert rows.min() - 12 == rows.max() - 15 and cols.min() - 10 == cols.max() - 13  # moved, not cut
+        offset = (int(rows.min()) - 12, int(cols.min()) - 10)
+        assert max(map(abs, offset)) <= 2
+        assert np.array_equal(image[12 + offset[0]:16 + offset[0], 10 + offset[1]:14 + offset[1]],
+                              images[0, 12:16, 10:14])
+        offsets.add(offset)
+    assert len(offsets) == 25  # every offset in [-2, 2]² occurs
+    assert np.array_equal(random_shift(images, 0, np.random.default_rng(0)), images)
+    assert np.array_equal(shifted, random_shift(images, 2, np.random.default_rng(0)))
+
+
+def test_conv4_backbones_embedding_sizes():
+    images = torch.zeros(3, 1, 28, 28)
+    assert BACKBONES["conv4"]()(images).shape == (3, 64)
+    assert BACKBONES["conv4-3x3"]()(images).shape == (3, 64 * 3 * 3)
+
+
 def test_short_training_improves_validation_and_exports_a_servable_model(tmp_path):
     config = TrainConfig(ways=20, shots=1, queries=5, episodes=60, val_every=30, val_episodes=60, lr_halve_every=1000,
                          seed=1)
@@ -42,13 +68,12 @@ def test_short_training_improves_validation_and_exports_a_servable_model(tmp_pat
 
     directory = export(tmp_path / "run" / "best.pt", tmp_path / "repository", "tiny")
     config_file = ModelConfig.load(directory / "config.json")
-    assert config_file.embedding_size == 64 and all(t > 0 for t in config_file.temperature.values())
+    assert config_file.embedding_size == 576 and all(t > 0 for t in config_file.temperature.values())
     assert "background" in (directory / "MODEL_CARD.md").read_text()
 
     # ONNX backbone equals the torch backbone (relative tolerance: unnormalised embeddings).
     checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
-    from metalearn.backbones import Conv4
-    backbone = Conv4()
+    backbone = BACKBONES[config.backbone]()
     backbone.load_state_dict(checkpoint["backbone"])
     backbone.eval()
     images = to_model_input(load_split("evaluation").images[:8, 0])
@@ -63,9 +88,8 @@ def test_short_training_improves_validation_and_exports_a_servable_model(tmp_pat
 
 
 def _untrained_accuracy(config: TrainConfig) -> float:
-    from metalearn.backbones import Conv4
     from metalearn.train import validation_accuracy
 
     torch.manual_seed(config.seed)
     _, val_data = split_by_alphabet(load_split("background"), config.val_alphabets, config.seed)
-    return validation_accuracy(Conv4(), val_data, config.val_episodes, seed=config.seed)
+    return validation_accuracy(BACKBONES[config.backbone](), val_data, config.val_episodes, seed=config.seed)
