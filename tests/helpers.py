@@ -97,3 +97,19 @@ def as_png(image: np.ndarray, size: int = 105) -> bytes:
 
 def labels_of(episode: Episode, indices: np.ndarray) -> list[str]:
     return [f"char-{int(episode.classes[i])}" for i in indices]
+
+
+def eventually(check: Callable[[], object], seconds: float = 20.0) -> object:
+    """Retry ``check`` until it returns something true (or stops raising) within ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+        except (AssertionError, MetalearnError):
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.2)

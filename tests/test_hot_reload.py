@@ -11,27 +11,12 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import start_server, stop_server
+from helpers import eventually, start_server, stop_server
 from metalearn_client import Client, MetalearnError
 from metalearn_server.execution.repository import BUNDLED_REPOSITORY
 from test_metrics import value
 
 SUPPORT, LABELS = np.zeros((4, 1, 28, 28), np.float32), ["a", "b", "a", "b"]
-
-
-def eventually(check, seconds: float = 20.0):
-    deadline = time.monotonic() + seconds
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except (AssertionError, MetalearnError):
-            if time.monotonic() > deadline:
-                raise
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.2)
 
 
 def versions(client: Client) -> list[str]:
