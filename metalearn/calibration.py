@@ -52,13 +52,24 @@ def fit_temperature(episodes: list[tuple[torch.Tensor, ...]], cosine: bool) -> f
         weight, bias = prototype_init(support, onehot, flag)
         logits.append(as_head_input(query, flag) @ weight.T + bias)
         labels.append(query_labels)
-    all_logits, all_labels = torch.cat(logits), torch.cat(labels)
-    log_t = torch.zeros((), requires_grad=True)
-    optimiser = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+    return scaling_temperature(torch.cat(logits), torch.cat(labels))
+
+
+def scaling_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """The T > 0 minimising ``cross_entropy(logits / T, labels)``.
+
+    The loss is convex in 1/T, so it has one minimum; a strong-Wolfe line search
+    finds it whatever the logits' scale (euclidean logits span tens, cosine ones
+    two units, so their temperatures differ by orders of magnitude).  A fixed
+    step can overshoot into a degenerate T near 0 instead.
+    """
+    logits = logits.double()
+    log_t = logits.std().log().detach().requires_grad_(True)  # a start on the logits' own scale
+    optimiser = torch.optim.LBFGS([log_t], max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        nll = torch.nn.functional.cross_entropy(all_logits / log_t.exp(), all_labels)
+        nll = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
         nll.backward()
         return nll
 

@@ -96,3 +96,18 @@ def test_onnx_heads_match_torch(tmp_path, cosine, steps):
     prototype = sessions["prototype"].run(None, feeds)
     if steps == 0:
         np.testing.assert_allclose(prototype[0], onnx_head[0], rtol=1e-6)
+
+
+@pytest.mark.parametrize("true_temperature, offset, spread", [
+    (1.5, 0.0, 40.0),  # euclidean-like: logits spread over tens
+    (0.004, 1.0, 0.02),  # cosine-like: 2·cos − 1 of non-negative embeddings, all close to 1
+])
+def test_temperature_scaling_recovers_the_true_temperature(true_temperature, offset, spread):
+    """Labels drawn from softmax(logits / T): the fit finds T at either scale.  (A fixed-step
+    optimiser started at T = 1 stays near 1 on the cosine-like logits, where the loss is flat.)"""
+    from metalearn.calibration import scaling_temperature
+
+    generator = torch.Generator().manual_seed(0)
+    logits = offset - torch.randn(4000, 5, generator=generator).abs() * spread
+    labels = torch.multinomial(torch.softmax(logits / true_temperature, dim=1), 1, generator=generator).squeeze(1)
+    assert scaling_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.1)
