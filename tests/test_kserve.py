@@ -146,6 +146,13 @@ def _break(request: pb.ModelInferRequest, how: str) -> pb.ModelInferRequest:
         request.parameters["method"].string_param = "magic"
     elif how == "output":
         request.outputs.add(name="LOGITS")
+    elif how in ("empty support", "empty queries"):
+        index = 0 if how == "empty support" else 2
+        request.inputs[index].shape[0] = 0
+        request.raw_input_contents[index] = b""
+        if index == 0:
+            request.inputs[1].shape[0] = 0
+            request.raw_input_contents[1] = b""
     elif how == "label count":
         request.inputs[1].shape[0] -= 1
         request.raw_input_contents[1] = bytes_tensor(["a"] * request.inputs[1].shape[0])
@@ -163,6 +170,8 @@ def _break(request: pb.ModelInferRequest, how: str) -> pb.ModelInferRequest:
     ("method", "unknown method 'magic'"),
     ("output", "has no output 'LOGITS'"),
     ("label count", "labels"),
+    ("empty support", "support.items is empty"),
+    ("empty queries", "queries is empty"),
 ])
 def test_bad_inference_requests_are_invalid_argument(kserve, episode, how, message):
     support, queries = as_tensor(episode.support), as_tensor(episode.query)

@@ -33,7 +33,7 @@ class Limits:
 
 
 def require_items(items: Items, what: str, limit: int, limits: Limits) -> None:
-    if items.tensor is None and not items.encoded_images:
+    if items.count == 0:  # no tensor and no images, or a tensor with no rows (the v2 protocol allows shape [0, …])
         raise InvalidArgument(f"{what} is empty: send at least one item as a tensor or as encoded_images")
     if items.count > limit:
         raise InvalidArgument(f"{what} has {items.count} items, more than the limit of {limit}; split the request")
