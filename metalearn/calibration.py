@@ -17,6 +17,8 @@
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -65,16 +67,21 @@ def scaling_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """
     logits = logits.double()
     log_t = logits.std().log().detach().requires_grad_(True)  # a start on the logits' own scale
-    optimiser = torch.optim.LBFGS([log_t], max_iter=200, line_search_fn="strong_wolfe")
+    _minimise([log_t], lambda: torch.nn.functional.cross_entropy(logits / log_t.exp(), labels))
+    return float(log_t.detach().exp())
+
+
+def _minimise(parameters: list[torch.Tensor], loss: Callable[[], torch.Tensor]) -> None:
+    """L-BFGS with a strong-Wolfe line search: robust to the scale of a small smooth problem."""
+    optimiser = torch.optim.LBFGS(parameters, max_iter=200, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
         optimiser.zero_grad()
-        nll = torch.nn.functional.cross_entropy(logits / log_t.exp(), labels)
-        nll.backward()
-        return nll
+        value = loss()
+        value.backward()
+        return value
 
     optimiser.step(closure)
-    return float(log_t.detach().exp())
 
 
 @torch.no_grad()
@@ -127,16 +134,8 @@ def fit_open_set(known: np.ndarray, unknown: np.ndarray) -> dict[str, float]:
     scale = float(distance.std())
     midpoint = torch.tensor(float(distance.median()) / scale, dtype=torch.float64, requires_grad=True)
     log_width = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    optimiser = torch.optim.LBFGS([midpoint, log_width], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimiser.zero_grad()
-        logit = (midpoint - distance / scale) / log_width.exp()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, target)
-        loss.backward()
-        return loss
-
-    optimiser.step(closure)
+    _minimise([midpoint, log_width], lambda: torch.nn.functional.binary_cross_entropy_with_logits(
+        (midpoint - distance / scale) / log_width.exp(), target))
     fitted = {"midpoint": float(midpoint.detach()) * scale, "width": float(log_width.detach().exp()) * scale}
     scores = OpenSetCalibration(fitted["midpoint"], fitted["width"], threshold=0.0).known_score(known)
     threshold = float(np.quantile(scores, 1 - KNOWN_ACCEPTANCE))
