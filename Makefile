@@ -16,6 +16,8 @@ TRAINING_SOURCES := pyproject.toml $(shell find metalearn -name '*.py')
 
 SERVE_ARGS ?=
 TRAIN_ARGS ?=
+# The bundled default serves the rotation ensemble (4 backbone passes per image); EXPORT_ARGS= exports a plain backbone.
+EXPORT_ARGS ?= --test-time-rotations
 EVAL_ARGS ?=
 BENCH_ARGS ?=
 DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
@@ -63,7 +65,7 @@ test: dev system-tools
 model: dev
 	$(BIN)/python -m metalearn.train --out runs/omniglot-conv4 $(TRAIN_ARGS)
 	$(BIN)/python -m metalearn.export --checkpoint runs/omniglot-conv4/best.pt \
-	  --repository $(DEFAULT_MODEL_REPOSITORY) --name omniglot-conv4
+	  --repository $(DEFAULT_MODEL_REPOSITORY) --name omniglot-conv4 $(EXPORT_ARGS)
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) --write-card
 
 # Accuracy on the held-out `evaluation` alphabets; EVAL_ARGS="--target host:port" goes through a server.

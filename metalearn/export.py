@@ -14,6 +14,10 @@ unless ``--version`` is given) holding
   server reads;
 * ``MODEL_CARD.md``: how the model was trained and on what.
 
+``--test-time-rotations`` exports the backbone wrapped in
+:class:`~metalearn.backbones.RotationEnsemble`: four times the compute per
+image for fewer errors (the model card and README give the trade).
+
 Temperatures, the adaptation learning rate and the open-set calibration are
 fitted on the same validation alphabets training used for model selection.
 """
@@ -27,7 +31,7 @@ from pathlib import Path
 import torch
 
 from metalearn import calibration, data
-from metalearn.backbones import BACKBONES
+from metalearn.backbones import BACKBONES, RotationEnsemble
 from metalearn.heads import FineTuneHead, LinearHead, PrototypeHead
 
 OPSET = 17
@@ -87,7 +91,7 @@ def export_heads(directory: Path, embedding_size: int) -> None:
                  "probabilities": {0: "query_items", 1: "classes"}, "distance": {0: "query_items"}})
 
 
-def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str) -> str:
+def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str, rotations: bool) -> str:
     summary = checkpoint.get("summary", {})
     train_config = checkpoint["config"]
     lines = [
@@ -96,6 +100,9 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         f"Few-shot embedding model for handwritten characters: a Conv-4 backbone (`{train_config['backbone']}`,",
         f"{config['embedding_size']}-d embeddings) meta-trained with {train_config['algorithm']} on Omniglot",
         "`background` (28×28, rotations as extra classes).",
+        *(["Served as a test-time rotation ensemble: each image is embedded upright and at 90°, 180° and 270°",
+           "and the four embeddings are concatenated, so prototype logits sum the four views' logits",
+           "(four backbone passes per image)."] if rotations else []),
         "It embeds 28×28 grayscale images (strokes light on dark after preprocessing); the service",
         "classifies queries against any support set by prototypes or by fast adaptation of a linear head.",
         "",
@@ -117,11 +124,13 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
 
 
 def export(checkpoint_path: Path, repository: Path, name: str, version: str | None = None,
-           data_directory: str | None = None) -> Path:
+           data_directory: str | None = None, rotations: bool = False) -> Path:
     checkpoint = torch.load(checkpoint_path, weights_only=False)
     train_config = checkpoint["config"]
     backbone = BACKBONES[train_config["backbone"]]()
     backbone.load_state_dict(checkpoint["backbone"])
+    if rotations:
+        backbone = RotationEnsemble(backbone)
     backbone.eval()
 
     directory = repository / name / (version or next_version(repository / name))
@@ -146,6 +155,9 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         "heads": {"prototype": "prototype_head.onnx", "finetune": "finetune_head.onnx", "linear": "linear_head.onnx"},
         "input": {"name": "images", "dtype": "float32", "shape": [1, 28, 28]},
         "embedding_size": embedding_size,
+        # Informational (the server needs only the ONNX graph): how the backbone computes, for tools such as
+        # the benchmark that rebuild the same computation in eager PyTorch.
+        "architecture": {"backbone": train_config["backbone"], "test_time_rotations": rotations},
         "preprocessing": {
             "color_mode": "L", "width": 28, "height": 28, "invert": True,
             "mean": data.PIXEL_MEAN, "std": data.PIXEL_STD,
@@ -159,7 +171,8 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         },
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    card = model_card(name, directory.name, checkpoint, config, data.file_sha256("background", data_directory))
+    card = model_card(name, directory.name, checkpoint, config, data.file_sha256("background", data_directory),
+                      rotations)
     (directory / "MODEL_CARD.md").write_text(card)
     return directory
 
@@ -171,8 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="omniglot-conv4")
     parser.add_argument("--version", help="default: one above the highest version present")
     parser.add_argument("--data", help="Omniglot folder (default: $METALEARN_DATA or ../shared/data/omniglot)")
+    parser.add_argument("--test-time-rotations", action="store_true",
+                        help="serve the backbone as a rotation ensemble (4 passes per image, fewer errors)")
     args = parser.parse_args(argv)
-    print(export(args.checkpoint, args.repository, args.name, args.version, args.data))
+    print(export(args.checkpoint, args.repository, args.name, args.version, args.data, args.test_time_rotations))
 
 
 if __name__ == "__main__":

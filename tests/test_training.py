@@ -8,11 +8,12 @@ import onnxruntime as ort
 import torch
 
 from metalearn.augmentation import random_shift
-from metalearn.backbones import BACKBONES
+from metalearn.algorithms import protonet
+from metalearn.backbones import BACKBONES, RotationEnsemble, quarter_turns
 from metalearn.data import load_split, split_by_alphabet, to_model_input
 from metalearn.episodes import EpisodeSampler
 from metalearn.evaluate import evaluate, in_process
-from metalearn.export import export
+from metalearn.export import export, export_backbone
 from metalearn.train import TrainConfig, train
 from metalearn_server.execution.model_config import ModelConfig
 
@@ -56,6 +57,32 @@ def test_conv4_backbones_embedding_sizes():
     images = torch.zeros(3, 1, 28, 28)
     assert BACKBONES["conv4"]()(images).shape == (3, 64)
     assert BACKBONES["conv4-3x3"]()(images).shape == (3, 64 * 3 * 3)
+
+
+def test_quarter_turns_are_rot90():
+    images = torch.randn(3, 1, 5, 5)
+    for turns, view in enumerate(quarter_turns(images)):
+        assert torch.equal(view, torch.rot90(images, turns, dims=(2, 3)))
+
+
+def test_rotation_ensemble_sums_the_views_prototype_logits(tmp_path):
+    """The concatenated embedding's ProtoNet logits are the four views' logits added up; ONNX agrees with torch."""
+    torch.manual_seed(0)
+    backbone = BACKBONES["conv4"]().eval()
+    ensemble = RotationEnsemble(backbone).eval()
+    episode = EpisodeSampler(load_split("evaluation"), ways=3, shots=2, queries=2, seed=0).sample()
+    support, queries = (torch.from_numpy(to_model_input(x)) for x in (episode.support, episode.query))
+    labels = torch.from_numpy(episode.support_labels).long()
+    with torch.no_grad():
+        combined = protonet.logits(ensemble(queries), protonet.prototypes(ensemble(support), labels, 3))
+        per_view = sum(protonet.logits(backbone(q), protonet.prototypes(backbone(s), labels, 3))
+                       for s, q in zip(quarter_turns(support), quarter_turns(queries)))
+        torch.testing.assert_close(combined, per_view, rtol=1e-4, atol=1e-4)
+
+        assert export_backbone(ensemble, tmp_path / "backbone.onnx") == 4 * 64
+        session = ort.InferenceSession(str(tmp_path / "backbone.onnx"), providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(session.run(None, {"images": support.numpy()})[0], ensemble(support).numpy(),
+                                   rtol=1e-3, atol=1e-4)
 
 
 def test_short_training_improves_validation_and_exports_a_servable_model(tmp_path):
