@@ -89,7 +89,8 @@ def retry_service_config(attempts: int, initial_backoff: float, max_backoff: flo
 
 
 def _predictions(messages: Iterable[fewshot_pb2.Prediction]) -> list[Prediction]:
-    return [Prediction(p.label, np.array(p.scores, dtype=np.float32), [(s.label, s.score) for s in p.top_k],
+    # list() first: NumPy reads a list 4x faster than protobuf's repeated-field container.
+    return [Prediction(p.label, np.array(list(p.scores), dtype=np.float32), [(s.label, s.score) for s in p.top_k],
                        p.known_score, p.unknown)
             for p in messages]
 

@@ -17,10 +17,11 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
 
     async def Classify(self, request: fewshot_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyResponse:
         result = await self.dataplane.classify(codec.support_request(request), codec.query_request(request))
-        return fewshot_pb2.ClassifyResponse(
-            classes=result.classes, predictions=codec.predictions(result), model=result.model,
-            model_version=result.model_version, method=codec.METHOD_ENUMS[result.method],
-            distance=codec.DISTANCE_ENUMS[result.distance])
+        response = fewshot_pb2.ClassifyResponse(
+            classes=result.classes, model=result.model, model_version=result.model_version,
+            method=codec.METHOD_ENUMS[result.method], distance=codec.DISTANCE_ENUMS[result.distance])
+        codec.add_predictions(response.predictions, result)
+        return response
 
     async def CreateTask(self, request: fewshot_pb2.CreateTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.CreateTaskResponse:
         task = await self.dataplane.create_task(codec.support_request(request), request.ttl_seconds)
@@ -33,16 +34,18 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
 
     async def ClassifyTask(self, request: fewshot_pb2.ClassifyTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyTaskResponse:
         result = await self.dataplane.classify_task(request.task_id, codec.query_request(request), "ClassifyTask")
-        return fewshot_pb2.ClassifyTaskResponse(
-            task_id=request.task_id, classes=result.classes, predictions=codec.predictions(result))
+        response = fewshot_pb2.ClassifyTaskResponse(task_id=request.task_id, classes=result.classes)
+        codec.add_predictions(response.predictions, result)
+        return response
 
     async def StreamClassifyTask(self, requests: AsyncIterator[fewshot_pb2.StreamClassifyTaskRequest],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[fewshot_pb2.StreamClassifyTaskResponse]:
         async for request in requests:
             result = await self.dataplane.classify_task(request.task_id, codec.query_request(request),
                                                         "StreamClassifyTask")
-            yield fewshot_pb2.StreamClassifyTaskResponse(
-                task_id=request.task_id, classes=result.classes, predictions=codec.predictions(result))
+            response = fewshot_pb2.StreamClassifyTaskResponse(task_id=request.task_id, classes=result.classes)
+            codec.add_predictions(response.predictions, result)
+            yield response
 
     async def DeleteTask(self, request: fewshot_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.DeleteTaskResponse:
         await self.dataplane.delete_task(request.task_id)
