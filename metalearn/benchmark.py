@@ -175,14 +175,22 @@ def limit_call(model, shape: Shape, arrays) -> Callable[[], object]:
     return call
 
 
-def peer_call(shape: Shape, arrays) -> Callable[[], object]:
-    """Eager PyTorch, as a tutorial writes a ProtoNet episode (weights do not change the cost)."""
+def peer_backbone(model) -> "torch.nn.Module":
+    """The served backbone's computation in eager PyTorch (weights do not change the cost): the
+    architecture its config names, Conv-4 for versions exported before configs named one."""
+    from metalearn.backbones import BACKBONES, RotationEnsemble
+
+    architecture = json.loads((model.directory / "config.json").read_text()).get("architecture", {})
+    backbone = BACKBONES[architecture.get("backbone", "conv4")]()
+    return (RotationEnsemble(backbone) if architecture.get("test_time_rotations") else backbone).eval()
+
+
+def peer_call(model, shape: Shape, arrays) -> Callable[[], object]:
+    """Eager PyTorch, as a tutorial writes a ProtoNet episode on the same network."""
     import torch
 
-    from metalearn.backbones import Conv4
-
     support, labels, queries = (torch.from_numpy(a) for a in arrays)
-    backbone = Conv4().eval()
+    backbone = peer_backbone(model)
 
     @torch.no_grad()
     def call() -> object:
@@ -194,31 +202,32 @@ def peer_call(shape: Shape, arrays) -> Callable[[], object]:
     return call
 
 
-def metalearn_call(client, shape: Shape, arrays) -> Callable[[], object]:
+def metalearn_call(client, version: str, shape: Shape, arrays) -> Callable[[], object]:
     support, labels, queries = arrays
     names = [f"class-{k}" for k in labels]
     if shape.task:
-        task = client.create_task(support, names, ttl_seconds=3600)
+        task = client.create_task(support, names, version=version, ttl_seconds=3600)
         return lambda: client.classify_task(task.task_id, queries)
-    return lambda: client.classify(support, names, queries)
+    return lambda: client.classify(support, names, queries, version=version)
 
 
 def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: tuple[int, ...],
-        soak_requests: int, server_args: list[str]) -> dict:
+        soak_requests: int, server_args: list[str], version: str = "") -> dict:
     from metalearn_client import Client
     from metalearn_server.execution.repository import BUNDLED_REPOSITORY, ModelRepository
     from metalearn_server.execution.runtime import resolve_providers
 
-    model = ModelRepository(BUNDLED_REPOSITORY, resolve_providers(["CPUExecutionProvider"])).get()
+    model = ModelRepository(BUNDLED_REPOSITORY, resolve_providers(["CPUExecutionProvider"])).get("", version)
     server = ServerProcess(server_args)
     cells: list[Cell] = []
     try:
         with Client(server.target, timeout=60.0) as client:
             for shape in shapes:
                 arrays = episode_arrays(shape)
-                systems = {"limit": limit_call(model, shape, arrays), "metalearn": metalearn_call(client, shape, arrays)}
+                systems = {"limit": limit_call(model, shape, arrays),
+                           "metalearn": metalearn_call(client, model.version, shape, arrays)}
                 if not shape.task:
-                    systems["peer"] = peer_call(shape, arrays)
+                    systems["peer"] = peer_call(model, shape, arrays)
                 for name, call in systems.items():
                     for c in concurrency:
                         cpu_before = server.cpu_seconds()
@@ -234,12 +243,13 @@ def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: t
             embed_alone = {
                 "limit": summarise("limit", SHAPES[3], 1, *closed_loop(lambda: model.embed(queries), 1, seconds, warmup)),
                 "metalearn": summarise("metalearn", SHAPES[3], 1,
-                                       *closed_loop(lambda: client.embed(queries), 1, seconds, warmup)),
+                                       *closed_loop(lambda: client.embed(queries, version=model.version), 1, seconds,
+                                                   warmup)),
             }
-            soak = memory_soak(client, server, soak_requests)
+            soak = memory_soak(client, model.version, server, soak_requests)
     finally:
         server.stop()
-    return {"cells": [asdict(c) for c in cells], "embed_alone": {k: asdict(v) for k, v in embed_alone.items()},
+    return {"model": f"{model.name} version {model.version}", "cells": [asdict(c) for c in cells], "embed_alone": {k: asdict(v) for k, v in embed_alone.items()},
             "soak": soak, "ratios": ratios(cells, embed_alone, soak), "machine": machine(),
             "settings": {"seconds": seconds, "warmup": warmup, "server_args": server_args}}
 
@@ -266,12 +276,13 @@ def fixed_count(call: Callable[[int], object], concurrency: int, total: int) -> 
     return time.perf_counter() - started
 
 
-def memory_soak(client, server: ServerProcess, requests: int) -> dict:
+def memory_soak(client, version: str, server: ServerProcess, requests: int) -> dict:
     """Server RSS after a warm-up and after ``requests`` more (Classify and ClassifyTask, 16 clients)."""
     support, labels, queries = episode_arrays(SHAPES[2])
     names = [f"class-{k}" for k in labels]
-    task = client.create_task(support, names, ttl_seconds=3600)
-    calls = (lambda: client.classify(support, names, queries), lambda: client.classify_task(task.task_id, queries))
+    task = client.create_task(support, names, version=version, ttl_seconds=3600)
+    calls = (lambda: client.classify(support, names, queries, version=version),
+             lambda: client.classify_task(task.task_id, queries))
     fixed_count(lambda n: calls[n % 2](), 16, min(5_000, requests))
     after_warmup = server.rss_mb()
     seconds = fixed_count(lambda n: calls[n % 2](), 16, requests)
@@ -323,7 +334,7 @@ def machine() -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, torch {m['torch']}, "
+    lines = [f"Model: {result['model']}. Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}, torch {m['torch']}, "
              f"Python {m['python']}. {result['settings']['seconds']} s per cell after "
              f"{result['settings']['warmup']} s warm-up; closed-loop clients.", "",
              "| ratio | target | measured |", "| --- | --- | --- |"]
@@ -353,12 +364,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     parser.add_argument("--name", default="cpu")
     parser.add_argument("--server-arg", action="append", default=[], help="extra metalearn-server flag (repeatable)")
+    parser.add_argument("--version", default="", help="version of the bundled model to measure (default: latest)")
     args = parser.parse_args(argv)
     shapes, concurrency = (SHAPES[3], SHAPES[5]), (1, 16)
     if not args.quick:
         shapes, concurrency = SHAPES, CONCURRENCY
     result = run(args.seconds, args.warmup, shapes, concurrency,
-                 2_000 if args.quick else args.soak_requests, args.server_arg)
+                 min(args.soak_requests, 2_000) if args.quick else args.soak_requests, args.server_arg, args.version)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(result))

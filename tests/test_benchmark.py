@@ -4,16 +4,32 @@ from __future__ import annotations
 import json
 import math
 
-from metalearn.benchmark import TARGETS, main
+import pytest
+import torch
+
+from metalearn.backbones import Conv4, RotationEnsemble
+from metalearn.benchmark import TARGETS, main, peer_backbone
+from metalearn_server.execution.repository import BUNDLED_REPOSITORY, ModelRepository
 
 
 def test_quick_benchmark_writes_its_reports(tmp_path):
     main(["--quick", "--seconds", "0.3", "--warmup", "0.1", "--soak-requests", "50", "--out", str(tmp_path),
-          "--name", "smoke"])
+          "--name", "smoke", "--version", "2"])
     result = json.loads((tmp_path / "smoke.json").read_text())
+    assert result["model"] == "omniglot-conv4 version 2"
     assert set(result["ratios"]) == set(TARGETS)
     assert all(math.isfinite(value) for value in result["ratios"].values())
     systems = {(cell["system"], cell["concurrency"]) for cell in result["cells"]}
     assert {("limit", 1), ("metalearn", 16), ("peer", 1)} <= systems
     assert all(cell["requests"] > 0 and cell["p50_ms"] > 0 for cell in result["cells"])
     assert "| ratio | target | measured |" in (tmp_path / "smoke.md").read_text()
+
+
+@pytest.mark.parametrize("version, rotations, pooled", [("1", False, True), ("2", False, True), ("3", True, False)])
+def test_the_peer_computes_what_the_served_backbone_computes(version, rotations, pooled):
+    """The eager-PyTorch peer runs the same network as the version measured (Conv-4 before configs named one)."""
+    model = ModelRepository(BUNDLED_REPOSITORY, ["CPUExecutionProvider"]).get("", version)
+    peer = peer_backbone(model)
+    assert isinstance(peer, RotationEnsemble) == rotations
+    conv4 = peer.backbone if rotations else peer
+    assert isinstance(conv4, Conv4) and isinstance(conv4.encoder[-1][-1], torch.nn.MaxPool2d) == pooled
