@@ -122,3 +122,15 @@ def test_sigterm_under_load_loses_no_request(tmp_path, heavy):
     assert draining.is_set() and len(outcomes) > 6
     assert set(outcomes) == {"OK"}, [o for o in outcomes if o != "OK"]
     assert "shutting down" in server.log()
+
+
+def test_workers_default_to_one_on_the_cpu_provider_and_several_on_a_gpu():
+    from metalearn_server.app import GPU_WORKERS, model_workers
+    from metalearn_server.settings import parse
+
+    assert parse([]).workers == 0  # automatic
+    assert model_workers(0, ["CPUExecutionProvider"]) == 1
+    assert model_workers(0, ["CUDAExecutionProvider", "CPUExecutionProvider"]) == GPU_WORKERS > 1
+    assert model_workers(3, ["CPUExecutionProvider"]) == 3
+    with pytest.raises(SystemExit):
+        parse(["--workers", "-1"])

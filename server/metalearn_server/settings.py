@@ -26,7 +26,7 @@ class Settings:
     default_model: str = ""
     poll_seconds: float = 5.0
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
-    workers: int = 4
+    workers: int = 0
     max_queued_requests: int = 64
     intra_op_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
@@ -57,7 +57,9 @@ HELP = {
     "default_model": "model used when a request names none; empty: the first by name",
     "providers": "ONNX Runtime execution providers in order of preference, comma-separated; "
                  "missing ones are skipped, CPUExecutionProvider always closes the list",
-    "workers": "requests running models at once (threads)",
+    "workers": "requests running models at once (threads); 0: one where the CPU execution provider runs them, "
+               "as one backbone call already spreads over every core and a second only contends with it, "
+               "four on a GPU provider, where one request's CPU work overlaps another's device work",
     "max_queued_requests": "requests waiting for a worker; beyond it new ones get RESOURCE_EXHAUSTED at once",
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
@@ -119,6 +121,8 @@ def parse(argv: list[str] | None = None) -> Settings:
     for item in fields(Limits):
         _add_flag(parser, item.name, getattr(limits, item.name), "per-request limit")
     args = vars(parser.parse_args(argv))
+    if args["workers"] < 0:
+        parser.error("--workers must be 0 (automatic) or more")
     if bool(args["tls_cert"]) != bool(args["tls_key"]):
         parser.error("--tls-cert and --tls-key go together")
     if args["tls_client_ca"] and not args["tls_cert"]:
