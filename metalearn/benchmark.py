@@ -30,12 +30,15 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from metalearn.data import load_split, to_model_input
 from metalearn.episodes import EpisodeSampler
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -178,7 +181,7 @@ def limit_call(model, shape: Shape, arrays) -> Callable[[], object]:
     return call
 
 
-def peer_backbone(model) -> "torch.nn.Module":
+def peer_backbone(model) -> torch.nn.Module:
     """The served backbone's computation in eager PyTorch (weights do not change the cost): the
     architecture its config names, Conv-4 for versions exported before configs named one."""
     from metalearn.backbones import BACKBONES, RotationEnsemble

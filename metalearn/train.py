@@ -131,9 +131,8 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
     shifts = np.random.default_rng(config.seed + state["episode"] + 1)
     for episode_index in progress:
         episode = sampler.sample()
-        if config.shift:
-            episode = replace(episode, support=random_shift(episode.support, config.shift, shifts),
-                              query=random_shift(episode.query, config.shift, shifts))
+        episode = replace(episode, support=random_shift(episode.support, config.shift, shifts),
+                          query=random_shift(episode.query, config.shift, shifts))  # --shift 0: unchanged
         loss, accuracy = episode_loss(config, backbone, head, episode)
         optimiser.zero_grad()
         loss.backward()
