@@ -87,41 +87,76 @@ def episode_arrays(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray,
             to_model_input(episode.query[: shape.queries]))
 
 
-def closed_loop(call: Callable[[], object], concurrency: int, seconds: float, warmup: float) -> tuple[list[float], float]:
-    """Latencies of the requests started in the measured window (each client measures at least one),
-    and the time from the window's start to the last answer or the window's end, whichever is later."""
-    measure_from = time.perf_counter() + warmup
-    stop_at = measure_from + seconds
-    latencies: list[list[float]] = [[] for _ in range(concurrency)]
+@dataclass
+class Loop:
+    """What one closed loop measured inside its window."""
+
+    latencies: list[float]  # seconds, of the requests sent inside the window
+    completed: int  # answers that arrived inside the window
+    seconds: float  # the window's length
+    elapsed: float  # from the first request to the last answer, for rates of server CPU time
+
+    @property
+    def throughput(self) -> float:
+        return self.completed / self.seconds
+
+
+def closed_loop(call: Callable[[], object], concurrency: int, seconds: float, warmup: float) -> Loop:
+    """``concurrency`` clients, each sending its next request when the last is answered.
+
+    The window opens ``warmup`` seconds after the start, and not before every client has had its first
+    answer: at concurrency 64 one round of requests can outlast any fixed warm-up.  Throughput counts the
+    answers that arrive inside the window, as wrk and ghz do.  Dividing the requests *sent* in the window
+    by the time until the last of them is answered would charge one whole latency of drain to the window
+    and under-read a 2 s window by a fifth at 500 ms latency.  Latencies are those of the requests sent
+    inside the window, at least one per client.
+    """
+    started = time.perf_counter()
+    lock = threading.Lock()
+    unanswered = concurrency
+    window: tuple[float, float] | None = None
+    calls: list[list[tuple[float, float]]] = [[] for _ in range(concurrency)]
     errors: list[BaseException] = []
 
-    def worker(mine: list[float]) -> None:
+    def worker(mine: list[tuple[float, float]]) -> None:
+        nonlocal unanswered, window
         try:
-            while (start := time.perf_counter()) < stop_at or not mine:
+            while not errors and (window is None or mine[-1][0] < window[0] or time.perf_counter() < window[1]):
+                start = time.perf_counter()
                 call()
-                if start >= measure_from:
-                    mine.append(time.perf_counter() - start)
+                mine.append((start, time.perf_counter()))
+                if len(mine) == 1:
+                    with lock:
+                        unanswered -= 1
+                        if not unanswered:
+                            opens = max(started + warmup, time.perf_counter())
+                            window = (opens, opens + seconds)
         except BaseException as error:  # noqa: BLE001 - surfaced below
             errors.append(error)
 
-    threads = [threading.Thread(target=worker, args=(mine,)) for mine in latencies]
+    threads = [threading.Thread(target=worker, args=(mine,)) for mine in calls]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     if errors:
         raise errors[0]
-    return [x for mine in latencies for x in mine], max(time.perf_counter(), stop_at) - measure_from
+    assert window is not None
+    opens, closes = window
+    everything = [c for mine in calls for c in mine]
+    return Loop(latencies=[end - start for start, end in everything if start >= opens],
+                completed=sum(opens <= end < closes for _, end in everything), seconds=seconds,
+                elapsed=max(end for _, end in everything) - started)
 
 
-def summarise(system: str, shape: Shape, concurrency: int, latencies: list[float], seconds: float) -> Cell:
-    ordered = sorted(latencies)
+def summarise(system: str, shape: Shape, concurrency: int, loop: Loop) -> Cell:
+    ordered = sorted(loop.latencies)
 
     def pct(p: float) -> float:
         return 1000 * ordered[min(len(ordered) - 1, int(p * len(ordered)))]
 
     return Cell(system, shape.name, concurrency, len(ordered), 1000 * statistics.median(ordered), pct(0.95),
-                pct(0.99), len(ordered) / seconds)
+                pct(0.99), loop.throughput)
 
 
 class ServerProcess:
@@ -239,19 +274,19 @@ def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: t
                         if name == "peer" and c > PEER_MAX_CONCURRENCY:
                             continue
                         cpu_before = server.cpu_seconds()
-                        latencies, window = closed_loop(call, c, seconds, warmup)
-                        cell = summarise(name, shape, c, latencies, window)
+                        loop = closed_loop(call, c, seconds, warmup)
+                        cell = summarise(name, shape, c, loop)
                         if name == "metalearn":
-                            cell.server_cpu = (server.cpu_seconds() - cpu_before) / (window + warmup)
+                            cell.server_cpu = (server.cpu_seconds() - cpu_before) / loop.elapsed
                             cell.server_rss_mb = server.rss_mb()
                         cells.append(cell)
                         print(f"{name:9s} {shape.name:45s} c={c:<3d} p50 {cell.p50_ms:7.2f} ms  "
                               f"{cell.throughput:8.1f} req/s", flush=True)
             queries = episode_arrays(SHAPES[3])[2]
             embed_alone = {
-                "limit": summarise("limit", SHAPES[3], 1, *closed_loop(lambda: model.embed(queries), 1, seconds, warmup)),
+                "limit": summarise("limit", SHAPES[3], 1, closed_loop(lambda: model.embed(queries), 1, seconds, warmup)),
                 "metalearn": summarise("metalearn", SHAPES[3], 1,
-                                       *closed_loop(lambda: client.embed(queries, version=model.version), 1, seconds,
+                                       closed_loop(lambda: client.embed(queries, version=model.version), 1, seconds,
                                                    warmup)),
             }
             soak = memory_soak(client, model.version, server, soak_requests)

@@ -108,9 +108,9 @@ def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[
             end = time.monotonic() + 60 * minutes
             while time.monotonic() < end:
                 before = sum(unexpected.values())
-                latencies, seconds = closed_loop(one, concurrency, window_seconds, warmup=0)
-                ordered = sorted(latencies)
-                windows.append(Window(seconds, len(ordered), 1000 * statistics.median(ordered),
+                loop = closed_loop(one, concurrency, window_seconds, warmup=0)
+                ordered = sorted(loop.latencies)
+                windows.append(Window(loop.seconds, loop.completed, 1000 * statistics.median(ordered),
                                       1000 * ordered[int(0.99 * (len(ordered) - 1))], server.rss_mb(),
                                       sum(unexpected.values()) - before))
                 w = windows[-1]

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import threading
+import time
 
 import pytest
 import torch
 
 from metalearn.backbones import Conv4, RotationEnsemble
-from metalearn.benchmark import TARGETS, main, peer_backbone
+from metalearn.benchmark import TARGETS, closed_loop, main, peer_backbone
 from metalearn_server.execution.repository import BUNDLED_REPOSITORY, ModelRepository
 
 
@@ -33,3 +36,25 @@ def test_the_peer_computes_what_the_served_backbone_computes(version, rotations,
     assert isinstance(peer, RotationEnsemble) == rotations
     conv4 = peer.backbone if rotations else peer
     assert isinstance(conv4, Conv4) and isinstance(conv4.encoder[-1][-1], torch.nn.MaxPool2d) == pooled
+
+
+def test_closed_loop_reads_a_saturated_servers_rate_at_any_concurrency():
+    """A server that answers one request at a time serves at the same rate whether 1 or 16 clients wait.
+    The loop must read that rate from the answers inside its window: at 16 clients every request waits
+    about 16 service times, which is a third of this window and must not count against it."""
+    server = threading.Lock()
+    answered: list[float] = []
+
+    def call() -> None:
+        with server:
+            time.sleep(0.01)
+            answered.append(time.perf_counter())
+
+    for concurrency in (1, 16):
+        answered.clear()
+        loop = closed_loop(call, concurrency, seconds=0.5, warmup=0.05)
+        served = [t for t in answered if answered[0] + 0.05 <= t]
+        rate = (len(served) - 1) / (served[-1] - served[0])  # the server's own count, clock to clock
+        assert loop.throughput == pytest.approx(rate, rel=0.1)
+        assert len(loop.latencies) >= concurrency
+        assert statistics.median(loop.latencies) == pytest.approx(concurrency / rate, rel=0.25)
