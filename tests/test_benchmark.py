@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import queue
 import statistics
 import threading
 import time
@@ -39,22 +40,34 @@ def test_the_peer_computes_what_the_served_backbone_computes(version, rotations,
 
 
 def test_closed_loop_reads_a_saturated_servers_rate_at_any_concurrency():
-    """A server that answers one request at a time serves at the same rate whether 1 or 16 clients wait.
-    The loop must read that rate from the answers inside its window: at 16 clients every request waits
-    about 16 service times, which is a third of this window and must not count against it."""
-    server = threading.Lock()
+    """A server that answers one request at a time, first come first served, serves at the same rate whether
+    1 or 16 clients wait.  The loop must read that rate from the answers inside its window: at 16 clients every
+    request waits about 16 service times, which is a third of this window and must not count against it."""
+    waiting: queue.Queue[threading.Event | None] = queue.Queue()
     answered: list[float] = []
 
-    def call() -> None:
-        with server:
+    def serve() -> None:
+        while (request := waiting.get()) is not None:
             time.sleep(0.01)
             answered.append(time.perf_counter())
+            request.set()
 
-    for concurrency in (1, 16):
-        answered.clear()
-        loop = closed_loop(call, concurrency, seconds=0.5, warmup=0.05)
-        served = [t for t in answered if answered[0] + 0.05 <= t]
-        rate = (len(served) - 1) / (served[-1] - served[0])  # the server's own count, clock to clock
-        assert loop.throughput == pytest.approx(rate, rel=0.1)
-        assert len(loop.latencies) >= concurrency
-        assert statistics.median(loop.latencies) == pytest.approx(concurrency / rate, rel=0.25)
+    def call() -> None:
+        request = threading.Event()
+        waiting.put(request)
+        request.wait()
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        for concurrency in (1, 16):
+            answered.clear()
+            loop = closed_loop(call, concurrency, seconds=0.5, warmup=0.05)
+            served = [t for t in answered if answered[0] + 0.05 <= t]
+            rate = (len(served) - 1) / (served[-1] - served[0])  # the server's own count, clock to clock
+            assert loop.throughput == pytest.approx(rate, rel=0.1)
+            assert len(loop.latencies) >= concurrency
+            assert statistics.median(loop.latencies) == pytest.approx(concurrency / rate, rel=0.25)
+    finally:
+        waiting.put(None)
+        server.join()
