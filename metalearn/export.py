@@ -91,7 +91,7 @@ def export_heads(directory: Path, embedding_size: int) -> None:
                  "probabilities": {0: "query_items", 1: "classes"}, "distance": {0: "query_items"}})
 
 
-def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str, rotations: bool) -> str:
+def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str) -> str:
     summary = checkpoint.get("summary", {})
     train_config = checkpoint["config"]
     lines = [
@@ -102,7 +102,7 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         "`background` (28×28, rotations as extra classes).",
         *(["Served as a test-time rotation ensemble: each image is embedded upright and at 90°, 180° and 270°",
            "and the four embeddings are concatenated, so prototype logits sum the four views' logits",
-           "(four backbone passes per image)."] if rotations else []),
+           "(four backbone passes per image)."] if config["architecture"]["test_time_rotations"] else []),
         "It embeds 28×28 grayscale images (strokes light on dark after preprocessing); the service",
         "classifies queries against any support set by prototypes or by fast adaptation of a linear head.",
         "",
@@ -171,8 +171,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         },
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    card = model_card(name, directory.name, checkpoint, config, data.file_sha256("background", data_directory),
-                      rotations)
+    card = model_card(name, directory.name, checkpoint, config, data.file_sha256("background", data_directory))
     (directory / "MODEL_CARD.md").write_text(card)
     return directory
 

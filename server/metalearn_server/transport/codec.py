@@ -8,7 +8,7 @@ model accepts is the data plane's business.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TypeVar
 
 import numpy as np
 from metalearn.v1 import fewshot_pb2, tensor_pb2
@@ -16,8 +16,6 @@ from metalearn.v1 import fewshot_pb2, tensor_pb2
 from metalearn_server.errors import InvalidArgument
 from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
 
-if TYPE_CHECKING:
-    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 DTYPES = {
     tensor_pb2.DATA_TYPE_FLOAT32: np.dtype("<f4"),
@@ -99,18 +97,25 @@ def query_request(message: QueryMessage) -> QueryRequest:
     )
 
 
-def add_predictions(predictions: "RepeatedCompositeFieldContainer[fewshot_pb2.Prediction]",
-                    result: Classification) -> None:
-    """One Prediction per query: best label (none if unknown), scores aligned with the classes, top k.
+#: The three responses that carry a classification; each has ``classes`` and ``predictions``.
+ClassificationResponse = TypeVar("ClassificationResponse", fewshot_pb2.ClassifyResponse,
+                                 fewshot_pb2.ClassifyTaskResponse, fewshot_pb2.StreamClassifyTaskResponse)
+
+
+def fill_classification(response: ClassificationResponse, result: Classification) -> ClassificationResponse:
+    """``response`` with the classes and one Prediction per query: best label (none if unknown), scores
+    aligned with the classes, top k.
 
     Written in place with ``add()``: building Prediction objects first and handing them to the response
     constructor copies every one again, which doubled this function's cost at 75 queries."""
-    k = min(result.top_k, len(result.classes))
-    best = np.argsort(-result.probabilities, axis=1, kind="stable")[:, :k]
     classes = result.classes
+    response.classes.extend(classes)
+    k = min(result.top_k, len(classes))
+    best = np.argsort(-result.probabilities, axis=1, kind="stable")[:, :k]
     rows = zip(result.probabilities.tolist(), best.tolist(), result.known.tolist(), result.unknown.tolist())
     for scores, ranked, known, unknown in rows:
-        prediction = predictions.add(label="" if unknown else classes[ranked[0]], scores=scores, known_score=known,
-                                     unknown=unknown)
+        prediction = response.predictions.add(label="" if unknown else classes[ranked[0]], scores=scores,
+                                              known_score=known, unknown=unknown)
         for i in ranked:
             prediction.top_k.add(label=classes[i], score=scores[i])
+    return response

@@ -17,11 +17,9 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
 
     async def Classify(self, request: fewshot_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyResponse:
         result = await self.dataplane.classify(codec.support_request(request), codec.query_request(request))
-        response = fewshot_pb2.ClassifyResponse(
-            classes=result.classes, model=result.model, model_version=result.model_version,
-            method=codec.METHOD_ENUMS[result.method], distance=codec.DISTANCE_ENUMS[result.distance])
-        codec.add_predictions(response.predictions, result)
-        return response
+        return codec.fill_classification(fewshot_pb2.ClassifyResponse(
+            model=result.model, model_version=result.model_version, method=codec.METHOD_ENUMS[result.method],
+            distance=codec.DISTANCE_ENUMS[result.distance]), result)
 
     async def CreateTask(self, request: fewshot_pb2.CreateTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.CreateTaskResponse:
         task = await self.dataplane.create_task(codec.support_request(request), request.ttl_seconds)
@@ -34,18 +32,14 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
 
     async def ClassifyTask(self, request: fewshot_pb2.ClassifyTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyTaskResponse:
         result = await self.dataplane.classify_task(request.task_id, codec.query_request(request), "ClassifyTask")
-        response = fewshot_pb2.ClassifyTaskResponse(task_id=request.task_id, classes=result.classes)
-        codec.add_predictions(response.predictions, result)
-        return response
+        return codec.fill_classification(fewshot_pb2.ClassifyTaskResponse(task_id=request.task_id), result)
 
     async def StreamClassifyTask(self, requests: AsyncIterator[fewshot_pb2.StreamClassifyTaskRequest],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[fewshot_pb2.StreamClassifyTaskResponse]:
         async for request in requests:
             result = await self.dataplane.classify_task(request.task_id, codec.query_request(request),
                                                         "StreamClassifyTask")
-            response = fewshot_pb2.StreamClassifyTaskResponse(task_id=request.task_id, classes=result.classes)
-            codec.add_predictions(response.predictions, result)
-            yield response
+            yield codec.fill_classification(fewshot_pb2.StreamClassifyTaskResponse(task_id=request.task_id), result)
 
     async def DeleteTask(self, request: fewshot_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.DeleteTaskResponse:
         await self.dataplane.delete_task(request.task_id)
