@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import onnxruntime as ort
+import pytest
 import torch
 
 from metalearn.augmentation import random_shift
@@ -14,7 +16,7 @@ from metalearn.data import load_split, split_by_alphabet, to_model_input
 from metalearn.episodes import EpisodeSampler
 from metalearn.evaluate import evaluate, in_process
 from metalearn.export import export, export_backbone
-from metalearn.train import TrainConfig, train
+from metalearn.train import TrainConfig, learning_rate_schedule, train
 from metalearn_server.execution.model_config import ModelConfig
 
 
@@ -85,9 +87,27 @@ def test_rotation_ensemble_sums_the_views_prototype_logits(tmp_path):
                                    rtol=1e-3, atol=1e-4)
 
 
+def test_learning_rate_schedules_follow_their_formulas():
+    def rates(config: TrainConfig) -> list[float]:
+        optimiser = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=config.lr)
+        scheduler, seen = learning_rate_schedule(optimiser, config), []
+        for _ in range(config.episodes):
+            seen.append(optimiser.param_groups[0]["lr"])
+            optimiser.step()
+            scheduler.step()
+        return seen
+
+    cosine = rates(TrainConfig(lr=2e-3, episodes=100, lr_schedule="cosine"))
+    expected = [1e-3 * (1 + math.cos(math.pi * t / 100)) for t in range(100)]
+    np.testing.assert_allclose(cosine, expected, rtol=1e-9)
+    step = rates(TrainConfig(lr=1e-3, episodes=100, lr_schedule="step", lr_halve_every=40))
+    assert (step[39], step[40], step[80]) == pytest.approx((1e-3, 5e-4, 2.5e-4), rel=1e-12)
+    with pytest.raises(ValueError, match="--lr-schedule"):
+        rates(TrainConfig(episodes=10, lr_schedule="linear"))
+
+
 def test_short_training_improves_validation_and_exports_a_servable_model(tmp_path):
-    config = TrainConfig(ways=20, shots=1, queries=5, episodes=60, val_every=30, val_episodes=60, lr_halve_every=1000,
-                         seed=1)
+    config = TrainConfig(ways=20, shots=1, queries=5, episodes=60, val_every=30, val_episodes=60, seed=1)
     summary = train(config, tmp_path / "run")
     history = [h["val_5way_1shot"] for h in summary["history"]]
     untrained = _untrained_accuracy(config)
