@@ -70,6 +70,8 @@ CLASSIFY_CASES = {
     "too many steps": (lambda r, x: setattr(r.adaptation, "steps", 1_000_000), INVALID, "steps is 1000000"),
     "diverging adaptation": (lambda r, x: (setattr(r, "method", fewshot_pb2.METHOD_FINETUNE), setattr(r.adaptation, "l2", 1e30)), INVALID, "fast adaptation diverged"),
     "negative l2": (lambda r, x: setattr(r.adaptation, "l2", -0.5), INVALID, "l2 is -0.5"),
+    "learning rate with transductive": (lambda r, x: (setattr(r, "method", fewshot_pb2.METHOD_TRANSDUCTIVE), setattr(r.adaptation, "learning_rate", 0.1)), INVALID, "adaptation.learning_rate applies to METHOD_FINETUNE"),
+    "too many transductive rounds": (lambda r, x: (setattr(r, "method", fewshot_pb2.METHOD_TRANSDUCTIVE), setattr(r.adaptation, "steps", 1_000)), INVALID, "steps is 1000"),
     "unknown method": (lambda r, x: setattr(r, "method", 9), INVALID, "method has the unknown value 9"),
     "unknown distance": (lambda r, x: setattr(r, "distance", 5), INVALID, "distance has the unknown value 5"),
     "rejection threshold above 1": (lambda r, x: setattr(r, "rejection_threshold", 1.5), INVALID, "rejection_threshold is 1.5"),
@@ -104,6 +106,11 @@ def test_bad_task_requests(stubs, images):
         fewshot.CreateTask(fewshot_pb2.CreateTaskRequest(
             support=fewshot_pb2.SupportSet(items=items(images), labels=["a"] * 6)), timeout=10)
     assert error.value.code() == INVALID and "single class" in error.value.details()
+    with pytest.raises(grpc.RpcError) as error:  # a task has no queries to refine with
+        fewshot.CreateTask(fewshot_pb2.CreateTaskRequest(
+            support=fewshot_pb2.SupportSet(items=items(images), labels=["a", "b"] * 3),
+            method=fewshot_pb2.METHOD_TRANSDUCTIVE), timeout=10)
+    assert error.value.code() == INVALID and "works with Classify only" in error.value.details()
 
 
 def test_bad_embed_and_model_requests(stubs, images):

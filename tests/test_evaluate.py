@@ -7,7 +7,7 @@ from metalearn.evaluate import evaluate, evaluate_open_set, in_process, open_set
 from metalearn_server.execution.repository import BUNDLED_REPOSITORY
 
 
-@pytest.mark.parametrize("method", ["prototype", "finetune"])
+@pytest.mark.parametrize("method", ["prototype", "finetune", "transductive"])
 def test_grpc_and_in_process_agree(server, evaluation_data, method):
     local = evaluate(in_process(BUNDLED_REPOSITORY).classify, evaluation_data, 5, 1, method, episodes=30, seed=3)
     remote = evaluate(over_grpc(server.target).classify, evaluation_data, 5, 1, method, episodes=30, seed=3)

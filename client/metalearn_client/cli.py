@@ -93,9 +93,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("queries", nargs="+", type=Path, help="query image files")
     run.add_argument("--model", default="", help="model name (default: the server's default)")
     run.add_argument("--model-version", default="", help="model version (default: the latest)")
-    run.add_argument("--method", choices=["prototype", "finetune"], help="default: the model's")
+    run.add_argument("--method", choices=["prototype", "finetune", "transductive"], help="default: the model's")
     run.add_argument("--distance", choices=["euclidean", "cosine"], help="default: the model's")
-    run.add_argument("--steps", type=int, help="fast-adaptation steps (finetune)")
+    run.add_argument("--steps", type=int, help="fast-adaptation steps (finetune) or refinement rounds (transductive)")
     run.add_argument("--learning-rate", type=float, help="fast-adaptation learning rate (finetune)")
     run.add_argument("--top-k", type=int, default=3, help="best classes shown per query (default: %(default)s)")
     run.add_argument("--rejection-threshold", type=float,

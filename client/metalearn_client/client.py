@@ -25,7 +25,7 @@ from metalearn_client.errors import MetalearnError
 from metalearn_client.items import ItemsLike, from_tensor, to_items
 
 METHODS = {None: fewshot_pb2.METHOD_UNSPECIFIED, "prototype": fewshot_pb2.METHOD_PROTOTYPE,
-           "finetune": fewshot_pb2.METHOD_FINETUNE}
+           "finetune": fewshot_pb2.METHOD_FINETUNE, "transductive": fewshot_pb2.METHOD_TRANSDUCTIVE}
 DISTANCES = {None: fewshot_pb2.DISTANCE_UNSPECIFIED, "euclidean": fewshot_pb2.DISTANCE_EUCLIDEAN,
              "cosine": fewshot_pb2.DISTANCE_COSINE}
 _METHOD_NAMES = {value: name for name, value in METHODS.items() if name}

@@ -74,10 +74,13 @@ class DataPlane:
         return np.split(embeddings, np.cumsum([len(b) for b in batches])[:-1])
 
     def _head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
-              method: str, distance: str, adaptation: Adaptation) -> Head:
+              method: str, distance: str, adaptation: Adaptation, queries: np.ndarray | None = None) -> Head:
+        """The method's head; ``queries`` are needed by the transductive method only (Classify)."""
         onehot = np.eye(classes, dtype=np.float32)[targets]
         with self.metrics.stage("head", model.name):
             head = model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
+            if method == "transductive":
+                head = model.refine_head(head, support, onehot, queries, adaptation.steps)
         if head.adapted and not (np.isfinite(head.weight).all() and np.isfinite(head.bias).all()):
             raise InvalidArgument(
                 f"fast adaptation diverged (steps {adaptation.steps}, learning_rate {adaptation.learning_rate}, "
@@ -98,7 +101,7 @@ class DataPlane:
         method = validation.method(request.method, model)
         label_request(model.name, method)
         distance = validation.distance(request.distance, model)
-        adaptation = validation.adaptation(request.adaptation, model, self.limits)
+        adaptation = validation.adaptation(request.adaptation, method, model, self.limits)
         validation.require_items(request.items, "support.items", self.limits.max_support_items, self.limits)
         classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
         self.metrics.support_items.labels(rpc).observe(request.items.count)
@@ -119,7 +122,7 @@ class DataPlane:
             support_input = self._model_input(model, request.items, "support.items")
             query_input = self._model_input(model, queries.items, "queries")
             support, query = self._embed(model, support_input, query_input)
-            head = self._head(model, support, targets, len(classes), method, distance, adaptation)
+            head = self._head(model, support, targets, len(classes), method, distance, adaptation, query)
             return self._score(model, query, head)
 
         scores = await self._run(work)
@@ -128,6 +131,7 @@ class DataPlane:
 
     async def create_task(self, request: SupportRequest, ttl_seconds: int) -> Task:
         model, method, distance, adaptation, classes, targets = self._resolve(request, "CreateTask")
+        validation.task_method(method)
 
         def work() -> Head:
             (support,) = self._embed(model, self._model_input(model, request.items, "support.items"))

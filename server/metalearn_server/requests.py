@@ -40,7 +40,7 @@ class SupportRequest:
     model_version: str
     items: Items
     labels: tuple[str, ...]
-    method: str = ""  # "", "prototype" or "finetune"
+    method: str = ""  # "", "prototype", "finetune" or "transductive"
     distance: str = ""  # "", "euclidean" or "cosine"
     adaptation: AdaptationRequest = field(default_factory=AdaptationRequest)
 

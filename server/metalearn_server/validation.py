@@ -6,7 +6,7 @@ almost nothing and never reaches ONNX Runtime.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -93,6 +93,14 @@ def method(requested: str, model: FewShotModel) -> str:
     return chosen
 
 
+def task_method(method: str) -> None:
+    """A task's head is built when it is created, before any query exists to refine it with."""
+    if method == "transductive":
+        raise InvalidArgument("METHOD_TRANSDUCTIVE refines the class means with the queries of the same request, "
+                              "so it works with Classify only; create the task with METHOD_PROTOTYPE or "
+                              "METHOD_FINETUNE, or send support and queries together to Classify")
+
+
 def distance(requested: str, model: FewShotModel) -> str:
     chosen = requested or model.config.default_distance
     if chosen not in DISTANCES:
@@ -100,9 +108,18 @@ def distance(requested: str, model: FewShotModel) -> str:
     return chosen
 
 
-def adaptation(requested: AdaptationRequest, model: FewShotModel, limits: Limits) -> Adaptation:
-    """The request's settings over the model's defaults, each checked against its range."""
+def adaptation(requested: AdaptationRequest, method: str, model: FewShotModel, limits: Limits) -> Adaptation:
+    """The request's settings over the model's defaults, each checked against its range.
+
+    For the transductive method only ``steps`` (its soft k-means rounds) means anything, so a
+    learning rate or l2 sent with it is refused rather than silently ignored."""
     defaults = model.config.default_adaptation
+    if method == "transductive":
+        for name in ("learning_rate", "l2"):
+            if getattr(requested, name) is not None:
+                raise InvalidArgument(f"adaptation.{name} applies to METHOD_FINETUNE; METHOD_TRANSDUCTIVE takes "
+                                      "only adaptation.steps (its refinement rounds)")
+        defaults = replace(defaults, steps=model.config.default_refinement_steps)
     steps = defaults.steps if requested.steps is None else requested.steps
     rate = defaults.learning_rate if requested.learning_rate is None else requested.learning_rate
     l2 = defaults.l2 if requested.l2 is None else requested.l2

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from metalearn_server.execution.open_set import OpenSetCalibration
-METHODS = ("prototype", "finetune")
+METHODS = ("prototype", "finetune", "transductive")
+#: Soft k-means rounds of the transductive method for a config that names none (those exported before
+#: the method existed): on validation episodes accuracy stops rising after 3 rounds.
+DEFAULT_REFINEMENT_STEPS = 3
 DISTANCES = ("euclidean", "cosine")
 INPUT_DTYPES = ("float32",)
 
@@ -70,6 +73,7 @@ class ModelConfig:
     default_method: str
     default_distance: str
     default_adaptation: Adaptation
+    default_refinement_steps: int
     open_set: dict[str, OpenSetCalibration]
 
     @classmethod
@@ -126,10 +130,14 @@ class ModelConfig:
                 learning_rate=float(_field(adapt, "learning_rate", (int, float), "defaults.adaptation")),
                 l2=float(_field(adapt, "l2", (int, float), "defaults.adaptation")),
             ),
+            default_refinement_steps=_field(defaults, "refinement_steps", int, "defaults")
+            if "refinement_steps" in defaults else DEFAULT_REFINEMENT_STEPS,
             open_set=open_set,
         )
         if config.default_method not in METHODS:
             raise ConfigError(f"defaults.method: {config.default_method!r} is not one of {METHODS}")
+        if config.default_refinement_steps < 0:
+            raise ConfigError(f"defaults.refinement_steps: {config.default_refinement_steps} must be >= 0")
         if config.default_distance not in DISTANCES:
             raise ConfigError(f"defaults.distance: {config.default_distance!r} is not one of {DISTANCES}")
         if config.preprocessing.color_mode != "L" or shape[0] != 1 or shape[1:] != (config.preprocessing.height, config.preprocessing.width):

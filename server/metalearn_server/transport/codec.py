@@ -24,7 +24,7 @@ DTYPES = {
     tensor_pb2.DATA_TYPE_UINT8: np.dtype("u1"),
 }
 METHODS = {fewshot_pb2.METHOD_UNSPECIFIED: "", fewshot_pb2.METHOD_PROTOTYPE: "prototype",
-           fewshot_pb2.METHOD_FINETUNE: "finetune"}
+           fewshot_pb2.METHOD_FINETUNE: "finetune", fewshot_pb2.METHOD_TRANSDUCTIVE: "transductive"}
 DISTANCES = {fewshot_pb2.DISTANCE_UNSPECIFIED: "", fewshot_pb2.DISTANCE_EUCLIDEAN: "euclidean",
              fewshot_pb2.DISTANCE_COSINE: "cosine"}
 METHOD_ENUMS = {name: value for value, name in METHODS.items() if name}

@@ -43,4 +43,5 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
             execution_providers=model.providers,
             model_card=model.model_card,
             default_rejection_threshold=config.open_set[config.default_distance].threshold,
+            default_refinement_steps=config.default_refinement_steps,
         )
