@@ -73,7 +73,7 @@ eval: dev
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) $(EVAL_ARGS)
 
 # Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch);
-# writes docs/benchmarks/cpu.{json,md}. About 15 minutes on 2 cores for the default model.
+# writes docs/benchmarks/cpu.{json,md}. 15 to 20 minutes on 2 cores for the default model.
 bench: dev
 	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
 
