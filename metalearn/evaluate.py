@@ -91,11 +91,8 @@ def in_process(repository: Path, model: str = "", version: str = "") -> Backend:
     def classify(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
         embeddings = served.embed(to_model_input(np.concatenate([support, queries])))
         onehot = np.eye(labels.max() + 1, dtype=np.float32)[labels]
-        adaptation = served.config.default_adaptation if method == "finetune" else None
-        head = served.build_head(embeddings[: len(support)], onehot, distance, adaptation)
-        if method == "transductive":
-            head = served.refine_head(head, embeddings[: len(support)], onehot, embeddings[len(support) :],
-                                      served.config.default_refinement_steps)
+        head = served.head(method, embeddings[: len(support)], onehot, distance, served.config.method_defaults(method),
+                           embeddings[len(support) :])
         scores = served.score(embeddings[len(support) :], head)
         return scores.probabilities, scores.known
 
@@ -197,14 +194,6 @@ def sweep_adaptation_steps(repository: Path, data: FewShotImages, steps: list[in
     served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
     distance, defaults = served.config.default_distance, served.config.default_adaptation
 
-    def head(embedded: tuple[np.ndarray, np.ndarray, np.ndarray], method: str, k: int) -> np.ndarray:
-        support, onehot, queries = embedded
-        if method == "finetune":
-            built = served.build_head(support, onehot, distance, replace(defaults, steps=k))
-        else:
-            built = served.refine_head(served.build_head(support, onehot, distance, None), support, onehot, queries, k)
-        return served.score(queries, built).probabilities
-
     cells: dict[tuple[str, int, int], str] = {}
     latency: dict[tuple[str, int], float] = {}
     for shots in (1, 5):
@@ -218,10 +207,12 @@ def sweep_adaptation_steps(repository: Path, data: FewShotImages, steps: list[in
             labels.append(episode.query_labels)
         for method in ("finetune", "transductive"):
             for k in steps:
+                adaptation = replace(served.config.method_defaults(method), steps=k)
                 accuracies, seconds = [], []
-                for inputs, truth in zip(embedded, labels):
+                for (support, onehot, queries), truth in zip(embedded, labels):
                     started = time.perf_counter()
-                    probabilities = head(inputs, method, k)
+                    head = served.head(method, support, onehot, distance, adaptation, queries)
+                    probabilities = served.score(queries, head).probabilities
                     seconds.append(time.perf_counter() - started)
                     accuracies.append(float((probabilities.argmax(1) == truth).mean()))
                 values = np.array(accuracies)

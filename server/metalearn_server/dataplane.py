@@ -78,9 +78,7 @@ class DataPlane:
         """The method's head; ``queries`` are needed by the transductive method only (Classify)."""
         onehot = np.eye(classes, dtype=np.float32)[targets]
         with self.metrics.stage("head", model.name):
-            head = model.build_head(support, onehot, distance, adaptation if method == "finetune" else None)
-            if method == "transductive":
-                head = model.refine_head(head, support, onehot, queries, adaptation.steps)
+            head = model.head(method, support, onehot, distance, adaptation, queries)
         if head.adapted and not (np.isfinite(head.weight).all() and np.isfinite(head.bias).all()):
             raise InvalidArgument(
                 f"fast adaptation diverged (steps {adaptation.steps}, learning_rate {adaptation.learning_rate}, "

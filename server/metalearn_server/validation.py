@@ -6,7 +6,7 @@ almost nothing and never reaches ONNX Runtime.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -113,13 +113,12 @@ def adaptation(requested: AdaptationRequest, method: str, model: FewShotModel, l
 
     For the transductive method only ``steps`` (its soft k-means rounds) means anything, so a
     learning rate or l2 sent with it is refused rather than silently ignored."""
-    defaults = model.config.default_adaptation
     if method == "transductive":
         for name in ("learning_rate", "l2"):
             if getattr(requested, name) is not None:
                 raise InvalidArgument(f"adaptation.{name} applies to METHOD_FINETUNE; METHOD_TRANSDUCTIVE takes "
                                       "only adaptation.steps (its refinement rounds)")
-        defaults = replace(defaults, steps=model.config.default_refinement_steps)
+    defaults = model.config.method_defaults(method)
     steps = defaults.steps if requested.steps is None else requested.steps
     rate = defaults.learning_rate if requested.learning_rate is None else requested.learning_rate
     l2 = defaults.l2 if requested.l2 is None else requested.l2

@@ -90,6 +90,15 @@ class FewShotModel:
             })
         return Head(weight, bias, distance, temperature, prototype_weight, prototype_bias)
 
+    def head(self, method: str, support: np.ndarray, support_onehot: np.ndarray, distance: str,
+             adaptation: Adaptation, queries: np.ndarray | None) -> Head:
+        """The head of ``method``: the prototypes, fine-tuned by ``adaptation``, or refined with the
+        ``queries`` (which only the transductive method needs) for ``adaptation.steps`` rounds."""
+        head = self.build_head(support, support_onehot, distance, adaptation if method == "finetune" else None)
+        if method == "transductive":
+            return self.refine_head(head, support, support_onehot, queries, adaptation.steps)
+        return head
+
     def refine_head(self, head: Head, support: np.ndarray, support_onehot: np.ndarray, queries: np.ndarray,
                     rounds: int) -> Head:
         """The prototypes refined with the unlabelled queries by soft k-means (Ren et al. 2018, eq. 2),
@@ -108,16 +117,18 @@ class FewShotModel:
         prototype graph, whose class means are ``onehotᵀ·z / Σ onehot``, takes ``κ·p`` as soft labels
         for the queries appended to the support set.  So every exported version can run it.
         """
+        if rounds == 0:
+            return head
         items = np.concatenate([support, queries])
         probabilities, nearest = self._linear(queries, head.weight, head.bias, head)
         known = self.config.open_set[head.distance].known_score(nearest)[:, None]
-        weight, bias = head.weight, head.bias
-        for _ in range(rounds):
+        for round_ in range(rounds):
+            if round_:  # the last round's probabilities are left to score()
+                probabilities, _ = self._linear(queries, weight, bias, head)
             weight, bias = self.prototype_head.run(None, {
                 "support": items, "support_onehot": np.concatenate([support_onehot, known * probabilities]),
                 "cosine": np.array(head.distance == "cosine"),
             })
-            probabilities, _ = self._linear(queries, weight, bias, head)
         return Head(weight, bias, head.distance, head.temperature, head.prototype_weight, head.prototype_bias)
 
     def score(self, queries: np.ndarray, head: Head) -> Scores:

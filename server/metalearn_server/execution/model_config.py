@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,13 @@ class ModelConfig:
     default_adaptation: Adaptation
     default_refinement_steps: int
     open_set: dict[str, OpenSetCalibration]
+
+    def method_defaults(self, method: str) -> Adaptation:
+        """What a request of ``method`` gets for the settings it leaves unset; for the transductive
+        method ``steps`` counts its refinement rounds, which have a default of their own."""
+        if method == "transductive":
+            return replace(self.default_adaptation, steps=self.default_refinement_steps)
+        return self.default_adaptation
 
     @classmethod
     def from_dict(cls, raw: dict) -> "ModelConfig":
