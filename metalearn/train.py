@@ -33,6 +33,7 @@ from metalearn.episodes import Episode, EpisodeSampler
 
 ALGORITHMS = ("protonet", "proto-maml", "anil", "maml")
 LR_SCHEDULES = ("cosine", "step")
+PRECISIONS = ("auto", "bf16", "fp32")
 
 
 @dataclass
@@ -46,7 +47,7 @@ class TrainConfig:
     ways: int = 120
     shots: int = 1
     queries: int = 2
-    episodes: int = 6500
+    episodes: int = 12000  # ~30 min on 2 cores with bf16 (version 5); 6,500 in fp32 took 42.5 (version 4)
     lr: float = 2e-3
     lr_schedule: str = "cosine"  # one of LR_SCHEDULES
     lr_halve_every: int = 2000  # the step schedule only
@@ -54,11 +55,12 @@ class TrainConfig:
     inner_lr: float = 0.1
     first_order: bool = False  # anil, maml (proto-maml is first order by definition)
     shift: int = 2  # random translation of training images, in pixels (metalearn.augmentation)
-    val_every: int = 500
+    val_every: int = 1000
     val_episodes: int = 300
     val_alphabets: int = 5
     seed: int = 0
     threads: int = 0
+    precision: str = "auto"  # one of PRECISIONS: the backbone's arithmetic in training (MixedPrecision)
     data: str | None = None
 
 
@@ -70,6 +72,36 @@ def learning_rate_schedule(optimiser: torch.optim.Optimizer, config: TrainConfig
     if config.lr_schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimiser, step_size=config.lr_halve_every, gamma=0.5)
     raise ValueError(f"--lr-schedule must be one of {', '.join(LR_SCHEDULES)}, not {config.lr_schedule!r}")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` is bf16 where the CPU multiplies bf16 natively (AVX-512 BF16, which AMX CPUs have too) and fp32
+    elsewhere, where emulated bf16 is no faster than fp32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, not {precision!r}")
+    if precision == "auto":
+        return "bf16" if torch.cpu._is_avx512_bf16_supported() else "fp32"
+    return precision
+
+
+class MixedPrecision(torch.nn.Module):
+    """A backbone whose convolutions run in bf16 (CPU autocast) and whose embeddings come out in fp32.
+
+    Why: on this repository's 2-core AMX machine the backbone's forward and backward are ~1.5× faster in
+    bf16, so more episodes fit the training budget.  Weights, optimiser state and everything after the
+    embedding (squared distances, softmax, the inner loops over a head) stay fp32, where bf16's 8-bit
+    mantissa would blur the small differences between large squared distances.  Validation and export use
+    the wrapped fp32 backbone itself, so checkpoints are chosen at the precision they are served at.
+    """
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            embeddings = self.backbone(images)
+        return embeddings.float()
 
 
 def embed_episode(backbone: torch.nn.Module, episode: Episode) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +160,8 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
     head = torch.nn.Linear(backbone(torch.zeros(1, 1, 28, 28)).shape[1], config.ways) \
         if config.algorithm in ("anil", "maml") else None
     modules = torch.nn.ModuleList([backbone] + ([head] if head is not None else []))
+    precision = resolve_precision(config.precision)
+    trained = MixedPrecision(backbone) if precision == "bf16" else backbone  # same parameters either way
     optimiser = torch.optim.Adam(modules.parameters(), lr=config.lr)
     scheduler = learning_rate_schedule(optimiser, config)
     state = {"episode": 0, "best_accuracy": 0.0, "seconds": 0.0, "history": []}
@@ -147,7 +181,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
         episode = sampler.sample()
         episode = replace(episode, support=random_shift(episode.support, config.shift, shifts),
                           query=random_shift(episode.query, config.shift, shifts))  # --shift 0: unchanged
-        loss, accuracy = episode_loss(config, backbone, head, episode)
+        loss, accuracy = episode_loss(config, trained, head, episode)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -169,6 +203,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
     summary = {
         "train_config": asdict(config),
         "best_val_5way_1shot": state["best_accuracy"],
+        "precision": precision,
         "train_seconds": round(state["seconds"], 1),
         "history": state["history"],
     }
@@ -187,7 +222,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             parser.add_argument(flag, type=type(default) if default is not None else str, default=default,
-                                choices={"algorithm": ALGORITHMS, "lr_schedule": LR_SCHEDULES}.get(field))
+                                choices={"algorithm": ALGORITHMS, "lr_schedule": LR_SCHEDULES,
+                                         "precision": PRECISIONS}.get(field))
     args = vars(parser.parse_args(argv))
     out, resume = args.pop("out"), args.pop("resume")
     summary = train(TrainConfig(**args), out, resume)

@@ -16,7 +16,7 @@ from metalearn.data import load_split, split_by_alphabet, to_model_input
 from metalearn.episodes import EpisodeSampler
 from metalearn.evaluate import evaluate, in_process
 from metalearn.export import export, export_backbone
-from metalearn.train import TrainConfig, learning_rate_schedule, train
+from metalearn.train import MixedPrecision, TrainConfig, learning_rate_schedule, resolve_precision, train
 from metalearn_server.execution.model_config import ModelConfig
 
 
@@ -104,6 +104,28 @@ def test_learning_rate_schedules_follow_their_formulas():
     assert (step[39], step[40], step[80]) == pytest.approx((1e-3, 5e-4, 2.5e-4), rel=1e-12)
     with pytest.raises(ValueError, match="--lr-schedule"):
         rates(TrainConfig(episodes=10, lr_schedule="linear"))
+
+
+def test_mixed_precision_runs_the_backbone_in_bf16_and_hands_on_fp32():
+    backbone = BACKBONES["conv4-3x3"]()
+    images = torch.randn(6, 1, 28, 28)
+    exact = backbone(images)
+    mixed = MixedPrecision(backbone)(images)
+    assert mixed.dtype == torch.float32
+    assert not torch.equal(mixed, exact)  # the convolutions really ran in bf16 ...
+    torch.testing.assert_close(mixed, exact, rtol=0.05, atol=0.05)  # ... at bf16's ~3 significant digits
+    mixed.square().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 and p.grad.abs().sum() > 0
+               for p in backbone.parameters())  # fp32 gradients reach the fp32 weights
+
+
+def test_precision_auto_is_bf16_only_where_the_cpu_multiplies_bf16(monkeypatch):
+    for native, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda native=native: native)
+        assert resolve_precision("auto") == expected
+        assert (resolve_precision("fp32"), resolve_precision("bf16")) == ("fp32", "bf16")
+    with pytest.raises(ValueError, match="--precision"):
+        resolve_precision("fp16")
 
 
 def test_short_training_improves_validation_and_exports_a_servable_model(tmp_path):
