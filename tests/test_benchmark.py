@@ -29,7 +29,8 @@ def test_quick_benchmark_writes_its_reports(tmp_path):
     assert "| ratio | target | measured |" in (tmp_path / "smoke.md").read_text()
 
 
-@pytest.mark.parametrize("version, rotations, pooled", [("1", False, True), ("2", False, True), ("3", True, False), ("4", True, False)])
+@pytest.mark.parametrize("version, rotations, pooled", [("1", False, True), ("2", False, True), ("3", True, False), ("4", True, False),
+                                                      ("5", True, False)])
 def test_the_peer_computes_what_the_served_backbone_computes(version, rotations, pooled):
     """The eager-PyTorch peer runs the same network as the version measured (Conv-4 before configs named one)."""
     model = ModelRepository(BUNDLED_REPOSITORY, ["CPUExecutionProvider"]).get("", version)

@@ -63,7 +63,7 @@ def test_metrics_follow_requests(server, client, episode):
     assert delta("metalearn_support_items_sum", rpc="Classify") == 4 * len(episode.support)  # not the bad one
     assert delta("metalearn_query_items_sum", rpc="Classify") == 4 * len(episode.query)
     assert value(after, "metalearn_tasks") >= 1
-    for version in ("1", "2", "3", "4"):  # every loaded version of the bundled model
+    for version in ("1", "2", "3", "4", "5"):  # every loaded version of the bundled model
         assert value(after, "metalearn_model_info", model="omniglot-conv4", version=version,
                      provider="CPUExecutionProvider") == 1
     assert value(after, "metalearn_requests_in_flight", rpc="Classify") == 0
