@@ -43,6 +43,8 @@ METHODS = ("prototype", "finetune", "transductive")
 #: ``[queries, ways]`` (columns in class order) and open-set known-scores ``[queries]``.
 Classifier = Callable[[np.ndarray, np.ndarray, np.ndarray, str], tuple[np.ndarray, np.ndarray]]
 ECE_BINS = 15
+#: Episodes embedded at a time by the K sweep (see sweep_adaptation_steps).
+SWEEP_CHUNK = 100
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,11 @@ class Accuracy:
 
     def __str__(self) -> str:
         return f"{100 * self.mean:.2f} ± {100 * self.ci95:.2f} (ECE {100 * self.ece:.1f})"
+
+
+def ci95(accuracies: list[float]) -> float:
+    """Half-width of the 95% confidence interval of a mean over episodes: 1.96 standard errors."""
+    return float(1.96 * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies)))
 
 
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
@@ -124,10 +131,8 @@ def evaluate(classify: Classifier, data: FewShotImages, ways: int, shots: int, m
         accuracies.append(float((probs.argmax(1) == episode.query_labels).mean()))
         probabilities.append(probs)
         labels.append(episode.query_labels)
-    values = np.array(accuracies)
-    return Accuracy(ways, shots, method, float(values.mean()),
-                    float(1.96 * values.std(ddof=1) / math.sqrt(len(values))),
-                    expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), len(values))
+    return Accuracy(ways, shots, method, float(np.mean(accuracies)), ci95(accuracies),
+                    expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), len(accuracies))
 
 
 @dataclass(frozen=True)
@@ -184,7 +189,10 @@ def sweep_adaptation_steps(repository: Path, data: FewShotImages, steps: list[in
 
     The latency is the head alone (building the head and scoring the queries),
     the part of a request that K changes; the backbone's share is the same for
-    every K, so each episode is embedded once and reused for every K.
+    every K, so each episode is embedded once and every (method, K) runs on it.
+    Episodes go in chunks of ``SWEEP_CHUNK``: each (method, K) is timed over a
+    run of episodes in a row, as it would be alone, while only a chunk's
+    embeddings are held (1,000 episodes' would be about 0.9 GB).
     """
     from dataclasses import replace
 
@@ -194,37 +202,38 @@ def sweep_adaptation_steps(repository: Path, data: FewShotImages, steps: list[in
     served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
     distance, defaults = served.config.default_distance, served.config.default_adaptation
 
-    cells: dict[tuple[str, int, int], str] = {}
-    latency: dict[tuple[str, int], float] = {}
+    swept = [(method, k, replace(served.config.method_defaults(method), steps=k))
+             for method in ("finetune", "transductive") for k in steps]
+    accuracies: dict[tuple[str, int, int], list[float]] = {(m, k, shots): [] for m, k, _ in swept for shots in (1, 5)}
+    seconds: dict[tuple[str, int], list[float]] = {(m, k): [] for m, k, _ in swept}
     for shots in (1, 5):
         sampler = EpisodeSampler(data, 5, shots, 15, seed=seed)
-        embedded, labels = [], []
-        for _ in range(episodes):
-            episode = sampler.sample()
-            embeddings = served.embed(to_model_input(np.concatenate([episode.support, episode.query])))
-            embedded.append((embeddings[: len(episode.support)], np.eye(5, dtype=np.float32)[episode.support_labels],
-                             embeddings[len(episode.support) :]))
-            labels.append(episode.query_labels)
-        for method in ("finetune", "transductive"):
-            for k in steps:
-                adaptation = replace(served.config.method_defaults(method), steps=k)
-                accuracies, seconds = [], []
-                for (support, onehot, queries), truth in zip(embedded, labels):
+        for start in range(0, episodes, SWEEP_CHUNK):
+            chunk = []
+            for _ in range(min(SWEEP_CHUNK, episodes - start)):
+                episode = sampler.sample()
+                embeddings = served.embed(to_model_input(np.concatenate([episode.support, episode.query])))
+                chunk.append((embeddings[: len(episode.support)], np.eye(5, dtype=np.float32)[episode.support_labels],
+                              embeddings[len(episode.support) :], episode.query_labels))
+            for method, k, adaptation in swept:
+                for support, onehot, queries, truth in chunk:
                     started = time.perf_counter()
                     head = served.head(method, support, onehot, distance, adaptation, queries)
                     probabilities = served.score(queries, head).probabilities
-                    seconds.append(time.perf_counter() - started)
-                    accuracies.append(float((probabilities.argmax(1) == truth).mean()))
-                values = np.array(accuracies)
-                cells[method, k, shots] = (f"{100 * values.mean():.2f} ± "
-                                           f"{100 * 1.96 * values.std(ddof=1) / math.sqrt(len(values)):.2f}")
-                latency[method, k] = float(np.median(seconds))  # the 5-shot episodes' value is kept
+                    if shots == 5:  # the latency column is the 5-shot episodes'
+                        seconds[method, k].append(time.perf_counter() - started)
+                    accuracies[method, k, shots].append(float((probabilities.argmax(1) == truth).mean()))
+
+    def cell(method: str, k: int) -> str:
+        return " | ".join([*(f"{100 * np.mean(accuracies[method, k, shots]):.2f} ± "
+                             f"{100 * ci95(accuracies[method, k, shots]):.2f}" for shots in (1, 5)),
+                           f"{1000 * np.median(seconds[method, k]):.2f} ms"])
+
     lines = [f"| K | fast adaptation (learning rate {defaults.learning_rate}), 5-way 1-shot | 5-way 5-shot | head "
              "latency, 5-way 5-shot, 75 queries | transductive, 5-way 1-shot | 5-way 5-shot | head latency |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for k in steps:
-        lines.append(f"| {k} | " + " | ".join(f"{cells[m, k, 1]} | {cells[m, k, 5]} | {1000 * latency[m, k]:.2f} ms"
-                                              for m in ("finetune", "transductive")) + " |")
+        lines.append(f"| {k} | {cell('finetune', k)} | {cell('transductive', k)} |")
     return "\n".join(lines)
 
 

@@ -112,8 +112,9 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         "  held out for validation; `evaluation` never read in training.",
         f"- hyper-parameters: `{json.dumps(train_config, sort_keys=True)}`",
         f"- best validation 5-way 1-shot accuracy: {summary.get('best_val_5way_1shot', float('nan')):.4f}",
-        f"- training time: {summary.get('train_seconds', float('nan')):.0f} s on {torch.get_num_threads()} CPU threads"
-        f", {summary.get('precision', 'fp32')} backbone arithmetic",
+        f"- training time: {summary.get('train_seconds', float('nan')):.0f} s on "
+        f"{summary.get('threads', 'an unrecorded number of')} CPU threads, {summary.get('precision', 'fp32')} "
+        "backbone arithmetic",
         "",
         "## Served defaults (fitted on validation episodes)",
         f"- temperatures: `{json.dumps(config['temperature'])}`",

@@ -204,6 +204,7 @@ def train(config: TrainConfig, out: Path, resume: bool = False) -> dict:
         "train_config": asdict(config),
         "best_val_5way_1shot": state["best_accuracy"],
         "precision": precision,
+        "threads": torch.get_num_threads(),
         "train_seconds": round(state["seconds"], 1),
         "history": state["history"],
     }

@@ -50,3 +50,18 @@ def test_auroc():
     assert auroc(np.array([1.0, 2.0]), np.array([3.0, 4.0])) == 0.0
     assert auroc(np.array([1.0, 3.0]), np.array([2.0, 2.0])) == 0.5
     assert auroc(np.array([2.0]), np.array([2.0])) == 0.5  # ties count half
+
+
+def test_step_sweep_spans_chunks_and_agrees_with_evaluate(evaluation_data, monkeypatch):
+    import metalearn.evaluate as harness
+
+    monkeypatch.setattr(harness, "SWEEP_CHUNK", 2)  # 5 episodes: chunks of 2, 2 and 1
+    rows = harness.sweep_adaptation_steps(BUNDLED_REPOSITORY, evaluation_data, [0, 2], episodes=5, seed=4).splitlines()
+    assert len(rows) == 4 and rows[2].startswith("| 0 |") and rows[3].startswith("| 2 |")
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+    # K = 0 is the prototype head for both methods: the same accuracy in both column groups ...
+    assert cells[0][1:3] == cells[0][4:6]
+    # ... and the same as the harness's own prototype evaluation of those episodes.
+    prototype = evaluate(in_process(BUNDLED_REPOSITORY).classify, evaluation_data, 5, 1, "prototype", episodes=5, seed=4)
+    assert cells[0][1] == f"{100 * prototype.mean:.2f} ± {100 * prototype.ci95:.2f}"
+    assert all(cell.endswith(" ms") for row in cells for cell in (row[3], row[6]))

@@ -138,7 +138,9 @@ def test_short_training_improves_validation_and_exports_a_servable_model(tmp_pat
     directory = export(tmp_path / "run" / "best.pt", tmp_path / "repository", "tiny")
     config_file = ModelConfig.load(directory / "config.json")
     assert config_file.embedding_size == 576 and all(t > 0 for t in config_file.temperature.values())
-    assert "background" in (directory / "MODEL_CARD.md").read_text()
+    card = (directory / "MODEL_CARD.md").read_text()
+    assert "background" in card
+    assert f"on {torch.get_num_threads()} CPU threads, {summary['precision']} backbone arithmetic" in card
 
     # ONNX backbone equals the torch backbone (relative tolerance: unnormalised embeddings).
     checkpoint = torch.load(tmp_path / "run" / "best.pt", weights_only=False)
