@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 import time
 import urllib.request
 
@@ -87,3 +88,60 @@ def test_versions_come_and_go_without_a_restart(tmp_path, repository):
             assert value(info, "metalearn_model_info", version="2") == 0
     finally:
         stop_server(server)
+
+
+def test_broken_deploys_are_never_served_under_load(tmp_path, repository):
+    """Versions whose files load but do not fit together, a dangling link and a folder named '²' appear under
+    load: each broken version is refused with its cause, no request fails, and a good version after them loads."""
+    server = start_server(tmp_path, "--model-repository", str(repository), "--poll-seconds", "0.2")
+    model_dir = repository / "omniglot-conv4"
+    failures: list[str] = []
+    served: set[str] = set()
+    stop = threading.Event()
+
+    def load() -> None:
+        with Client(server.target, retries=0) as client:
+            while not stop.is_set():
+                try:
+                    served.add(client.classify(SUPPORT, LABELS, SUPPORT).model_version)
+                except MetalearnError as error:
+                    failures.append(f"{error.code.name}: {error.details}")
+
+    def deploy(version: str, change) -> None:
+        staging = tmp_path / f"staging-{version}"
+        shutil.copytree(model_dir / "1", staging, symlinks=True)
+        config = json.loads((staging / "config.json").read_text())
+        change(config)
+        (staging / "config.json").write_text(json.dumps(config))
+        staging.rename(model_dir / version)
+
+    def swap_heads(config: dict) -> None:
+        heads = config["heads"]
+        heads["prototype"], heads["linear"] = heads["linear"], heads["prototype"]
+
+    threads = [threading.Thread(target=load) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        with Client(server.target) as client:
+            deploy("2", lambda c: (c["input"].update(shape=[1, 32, 32]), c["preprocessing"].update(width=32, height=32)))
+            deploy("3", lambda c: (c["input"].update(name="pixels"), swap_heads(c)))
+            deploy("4", lambda c: c.update(embedding_size=2304))
+            (model_dir / "1" / "stale-link").symlink_to(tmp_path / "gone")
+            (model_dir / "²").mkdir()
+            eventually(lambda: value(metrics(server), "metalearn_model_load_failures_total",
+                                     model="omniglot-conv4") == 3)
+            for version, cause in (("2", "input.shape"), ("3", "input.name"), ("4", "embedding_size")):
+                line = next(line for line in server.log().splitlines()
+                            if f"refusing model omniglot-conv4 version {version}" in line)
+                assert cause in line, line
+            assert versions(client) == ["1"] and client.get_model().embedding_size == 64
+            deploy("5", lambda c: None)  # a good version still loads after all that
+            eventually(lambda: versions(client) == ["1", "5"])
+            eventually(lambda: "5" in served)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+        stop_server(server)
+    assert failures == [] and served == {"1", "5"}

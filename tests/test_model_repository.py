@@ -77,3 +77,67 @@ def test_config_types_are_checked(bundled_version):
     raw["embedding_size"] = "64"
     with pytest.raises(ConfigError, match="embedding_size: expected int"):
         ModelConfig.from_dict(raw)
+
+
+def _swap_heads(config):
+    config["heads"]["prototype"], config["heads"]["linear"] = config["heads"]["linear"], config["heads"]["prototype"]
+
+
+def _input_32(config):
+    config["input"]["shape"] = [1, 32, 32]
+    config["preprocessing"].update(width=32, height=32)
+
+
+@pytest.mark.parametrize("breakage, reason", [
+    # Each loads file by file, and today's server served it (issue 17); the self-check refuses it.
+    (_input_32, "input.shape says [N, 1, 32, 32]"),
+    (lambda c: (c["input"].__setitem__("name", "pixels"), _swap_heads(c)), "input.name says 'pixels'"),
+    (_swap_heads, "is not a prototype head graph"),
+    (lambda c: c.__setitem__("embedding_size", 576), "embedding_size says 576"),
+])
+def test_versions_whose_files_do_not_fit_together_are_refused(tmp_path, bundled_version, caplog, breakage, reason):
+    copy_version(bundled_version, tmp_path, "model", "1")
+    _edit(copy_version(bundled_version, tmp_path, "model", "2"), breakage)
+    with caplog.at_level(logging.ERROR):
+        repository = ModelRepository(tmp_path, CPU)
+    assert repository.get("model").version == "1"
+    assert reason in repository.refused[("model", "2")].reason
+    assert any("refusing model model version 2" in r.message and reason in r.message for r in caplog.records)
+
+
+def test_one_bad_entry_never_stops_a_rescan(tmp_path, bundled_version, caplog):
+    """A dangling link anywhere, or folders whose names are not versions ('²' passes str.isdigit), are skipped;
+    versions that appear later still load."""
+    copy_version(bundled_version, tmp_path, "model", "1")
+    repository = ModelRepository(tmp_path, CPU)
+    (tmp_path / "dangling-model").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "model" / "9").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "model" / "1" / "dangling-file").symlink_to(tmp_path / "nowhere")
+    for name in ("²", "07", "0", "v3"):
+        (tmp_path / "model" / name).mkdir()
+    with caplog.at_level(logging.WARNING):
+        repository.refresh()
+        copy_version(bundled_version, tmp_path, "model", "2")
+        assert repository.refresh()
+    assert repository.get("model").version == "2" and repository.get("model", "1").version == "1"
+    ignored = [r.message for r in caplog.records if r.message.startswith("ignoring")]
+    assert len(ignored) == 4 and any("²" in m for m in ignored)
+    repository.refresh()  # each is logged once, not at every scan
+    assert len([r for r in caplog.records if r.message.startswith("ignoring")]) == 4
+
+
+def test_a_refusal_is_kept_until_the_files_change_or_go(tmp_path, bundled_version):
+    copy_version(bundled_version, tmp_path, "model", "1")
+    broken = copy_version(bundled_version, tmp_path, "model", "2")
+    _edit(broken, lambda c: c.__setitem__("embedding_size", 7))
+    repository = ModelRepository(tmp_path, CPU)
+    assert "embedding_size says 7" in repository.refused[("model", "2")].reason
+    shutil.copy(bundled_version / "config.json", broken / "config.json")
+    repository.refresh()
+    assert repository.get("model").version == "2" and not repository.refused
+    _edit(copy_version(bundled_version, tmp_path, "model", "3"), _swap_heads)
+    repository.refresh()
+    assert ("model", "3") in repository.refused
+    shutil.rmtree(tmp_path / "model" / "3")
+    repository.refresh()
+    assert not repository.refused
