@@ -114,7 +114,9 @@ def test_sigterm_under_load_loses_no_request(tmp_path, heavy):
     threads = [threading.Thread(target=load) for _ in range(6)]
     for thread in threads:
         thread.start()
-    time.sleep(1.5)
+    loaded = time.monotonic() + 60
+    while len(outcomes) <= 6 and time.monotonic() < loaded:  # a round of answers in, more in flight
+        time.sleep(0.1)
     server.process.send_signal(signal.SIGTERM)
     for thread in [watcher, *threads]:
         thread.join(timeout=60)

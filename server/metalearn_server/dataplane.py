@@ -1,14 +1,20 @@
 """The data plane: every RPC's work, independent of gRPC.
 
-request → validate → decode → embed → head → result.  Model work runs in a
-thread pool (ONNX Runtime releases the GIL), so the asyncio event loop that
-carries gRPC never blocks on a model.
+request → validate → admit → (decode → embed) per chunk → head → result.
+
+Everything that can be checked without a model is checked first, on the event
+loop, so a malformed request costs almost nothing.  The model work is then a
+:class:`~metalearn_server.scheduling.model_work.Job` of short steps: each
+chunk of items is decoded (or its values checked) and embedded in one step,
+and the head is one more.  Between steps the caller's fair turn, deadline and
+cancellation are checked (:mod:`~metalearn_server.scheduling`), so a huge
+request neither starves small ones nor runs on for a caller who has gone, and
+no request holds more than one chunk of decoded input.
 """
 from __future__ import annotations
 
-import asyncio
-from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Callable, TypeVar
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, AsyncIterator, Iterator
 
 import numpy as np
 
@@ -16,35 +22,39 @@ from metalearn_server import validation
 from metalearn_server.errors import InvalidArgument
 from metalearn_server.execution.model import FewShotModel, Head, Scores
 from metalearn_server.execution.model_config import Adaptation
-from metalearn_server.execution.preprocessing import decode_images
+from metalearn_server.execution.preprocessing import PixelBudget, decode_images
 from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
 from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
-from metalearn_server.scheduling.admission import Admission
+from metalearn_server.scheduling.model_work import Job, ModelWork
 from metalearn_server.scheduling.task_store import Task, TaskStore
 from metalearn_server.validation import Limits
 
 if TYPE_CHECKING:
     from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 
-T = TypeVar("T")
+#: What one step of embedding works on: a slice of one of the request's inputs, its name for errors
+#: ("support.items", "queries"), and the index of its first item there.
+Piece = tuple[Items, str, int]
 
 
 class DataPlane:
     def __init__(self, repository: ModelRepository, tasks: TaskStore | "RedisTaskStore", metrics: Metrics,
-                 limits: Limits, workers: int, max_queued: int) -> None:
+                 limits: Limits, work: ModelWork, max_response_bytes: int) -> None:
         self.repository, self.tasks, self.metrics, self.limits = repository, tasks, metrics, limits
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
-        self.admission = Admission(max_concurrent=workers, max_queued=max_queued)
+        self.work, self.max_response_bytes = work, max_response_bytes
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True)
+        self.work.close()
 
-    async def _run(self, work: Callable[..., T], *args: object) -> T:
-        """Model work, once admitted (see :mod:`~metalearn_server.scheduling.admission`)."""
-        async with self.admission.slot() as waited:
-            self.metrics.queue_latency.observe(waited)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, work, *args)
+    @asynccontextmanager
+    async def _job(self, *inputs: Items) -> AsyncIterator[Job]:
+        """The request's model work, admitted by its items and bytes (see scheduling.admission)."""
+        async with self.work.job(sum(i.count for i in inputs), sum(i.nbytes for i in inputs)) as job:
+            try:
+                yield job
+            finally:
+                self.metrics.queue_latency.observe(job.waited)
 
     # -- models -------------------------------------------------------------------------
     def model(self, name: str, version: str) -> FewShotModel:
@@ -59,19 +69,34 @@ class DataPlane:
         entry = self.repository.models.get(model.name)  # None if a reload removed it meanwhile
         return entry.ordered_versions() if entry else [model.version]
 
-    # -- the pipeline's steps, run in the executor ------------------------------------------
-    def _model_input(self, model: FewShotModel, items: Items, what: str) -> np.ndarray:
-        with self.metrics.stage("decode", model.name):
-            if items.tensor is None:
-                return decode_images(list(items.encoded_images), model.config.preprocessing, what,
-                                     self.limits.max_image_pixels)
-            return validation.model_input(items, model, what)
+    # -- the pipeline's steps -----------------------------------------------------------
+    async def _embed(self, job: Job, model: FewShotModel, *inputs: tuple[Items, str]) -> list[np.ndarray]:
+        """Embed ``inputs`` (support, then queries) as one sequence, one backbone call per step, and split
+        the embeddings back per input."""
+        pixels = PixelBudget(self.limits.max_request_pixels)
+        counts = [items.count for items, _ in inputs]
+        chunks = [await job.run(self._embed_chunk, model, list(_pieces(inputs, part)), pixels)
+                  for part in model.batches(sum(counts))]
+        embeddings = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
+        return np.split(embeddings, np.cumsum(counts)[:-1])
 
-    def _embed(self, model: FewShotModel, *batches: np.ndarray) -> list[np.ndarray]:
-        """Embed several batches in one backbone call, and split the result back."""
+    def _embed_chunk(self, model: FewShotModel, pieces: list[Piece], pixels: PixelBudget) -> np.ndarray:
+        with self.metrics.stage("decode", model.name):
+            batch = [self._model_input(model, *piece, pixels) for piece in pieces]
         with self.metrics.stage("embed", model.name):
-            embeddings = model.embed(np.concatenate(batches) if len(batches) > 1 else batches[0])
-        return np.split(embeddings, np.cumsum([len(b) for b in batches])[:-1])
+            embeddings = model.embed(np.concatenate(batch) if len(batch) > 1 else batch[0])
+        if not np.isfinite(embeddings).all():
+            raise InvalidArgument(
+                f"the {' and '.join(what for _, what, _ in pieces)} overflow the model: their embeddings are not "
+                "finite numbers; send items preprocessed as GetModel says (pixels to [0, 1], then minus mean, "
+                "divided by std)")
+        return embeddings
+
+    def _model_input(self, model: FewShotModel, items: Items, what: str, first: int, pixels: PixelBudget) -> np.ndarray:
+        if items.tensor is None:
+            return decode_images(items.encoded_images, model.config.preprocessing, what,
+                                 self.limits.max_image_pixels, pixels, first)
+        return validation.finite(items.tensor, what)
 
     def _head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
               method: str, distance: str, adaptation: Adaptation, queries: np.ndarray | None = None) -> Head:
@@ -88,9 +113,15 @@ class DataPlane:
     def _score(self, model: FewShotModel, queries: np.ndarray, head: Head) -> Scores:
         with self.metrics.stage("head", model.name):
             scores = model.score(queries, head)
-        if not np.isfinite(scores.probabilities).all():
-            raise InvalidArgument("the adapted head's scores overflowed; lower the learning rate or l2")
+        if not (np.isfinite(scores.probabilities).all() and np.isfinite(scores.known).all()):
+            raise InvalidArgument("the scores overflowed (the embeddings are too large for the head); lower the "
+                                  "learning rate or l2, or send items preprocessed as GetModel says")
         return scores
+
+    def _classify_head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
+                       method: str, distance: str, adaptation: Adaptation, queries: np.ndarray) -> Scores:
+        head = self._head(model, support, targets, classes, method, distance, adaptation, queries)
+        return self._score(model, queries, head)
 
     # -- RPCs ---------------------------------------------------------------------------
     def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, Adaptation,
@@ -101,53 +132,49 @@ class DataPlane:
         distance = validation.distance(request.distance, model)
         adaptation = validation.adaptation(request.adaptation, method, model, self.limits)
         validation.require_items(request.items, "support.items", self.limits.max_support_items, self.limits)
+        validation.tensor_spec(request.items, model, "support.items")
         classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
         self.metrics.support_items.labels(rpc).observe(request.items.count)
         return model, method, distance, adaptation, classes, targets
 
-    def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, rpc: str) -> tuple[int, float]:
-        """Check the query side; return the resolved top k and rejection threshold."""
+    def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, classes: tuple[str, ...],
+                 rpc: str) -> tuple[int, float]:
+        """Check the query side, and that its answer can be sent; return the resolved top k and threshold."""
         validation.require_items(request.items, "queries", self.limits.max_query_items, self.limits)
+        validation.tensor_spec(request.items, model, "queries")
         self.metrics.query_items.labels(rpc).observe(request.items.count)
-        return (validation.top_k(request.top_k, self.limits),
-                validation.rejection_threshold(request.rejection_threshold, model, distance))
+        top_k = validation.top_k(request.top_k, self.limits)
+        count = request.items.count
+        validation.response_fits(validation.classification_size(count, classes, top_k), self.max_response_bytes,
+                                 f"{count} queries × {len(classes)} classes of scores, with the {min(top_k, len(classes))} "
+                                 "best labels of each")
+        return top_k, validation.rejection_threshold(request.rejection_threshold, model, distance)
 
     async def classify(self, request: SupportRequest, queries: QueryRequest) -> Classification:
         model, method, distance, adaptation, classes, targets = self._resolve(request, "Classify")
-        top_k, threshold = self._queries(queries, model, distance, "Classify")
-
-        def work() -> Scores:
-            support_input = self._model_input(model, request.items, "support.items")
-            query_input = self._model_input(model, queries.items, "queries")
-            support, query = self._embed(model, support_input, query_input)
-            head = self._head(model, support, targets, len(classes), method, distance, adaptation, query)
-            return self._score(model, query, head)
-
-        scores = await self._run(work)
+        top_k, threshold = self._queries(queries, model, distance, classes, "Classify")
+        async with self._job(request.items, queries.items) as job:
+            support, query = await self._embed(job, model, (request.items, "support.items"), (queries.items, "queries"))
+            scores = await job.run(self._classify_head, model, support, targets, len(classes), method, distance,
+                                   adaptation, query)
         return Classification(model.name, model.version, classes, scores.probabilities, scores.known, threshold,
                               method, distance, top_k)
 
     async def create_task(self, request: SupportRequest, ttl_seconds: int) -> Task:
         model, method, distance, adaptation, classes, targets = self._resolve(request, "CreateTask")
         validation.task_method(method)
-
-        def work() -> Head:
-            (support,) = self._embed(model, self._model_input(model, request.items, "support.items"))
-            return self._head(model, support, targets, len(classes), method, distance, adaptation)
-
-        head = await self._run(work)
+        async with self._job(request.items) as job:
+            (support,) = await self._embed(job, model, (request.items, "support.items"))
+            head = await job.run(self._head, model, support, targets, len(classes), method, distance, adaptation)
         return await self.tasks.add(model, classes, head, method, distance, ttl_seconds)
 
     async def classify_task(self, task_id: str, queries: QueryRequest, rpc: str) -> Classification:
         task = await self.tasks.get(task_id)
         label_request(task.model.name, task.method)
-        top_k, threshold = self._queries(queries, task.model, task.distance, rpc)
-
-        def work() -> Scores:
-            (query,) = self._embed(task.model, self._model_input(task.model, queries.items, "queries"))
-            return self._score(task.model, query, task.head)
-
-        scores = await self._run(work)
+        top_k, threshold = self._queries(queries, task.model, task.distance, task.classes, rpc)
+        async with self._job(queries.items) as job:
+            (query,) = await self._embed(job, task.model, (queries.items, "queries"))
+            scores = await job.run(self._score, task.model, query, task.head)
         return Classification(task.model.name, task.model.version, task.classes, scores.probabilities, scores.known,
                               threshold, task.method, task.distance, top_k)
 
@@ -157,9 +184,21 @@ class DataPlane:
     async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
         model = self.model(model_name, version)
         validation.require_items(items, "items", self.limits.max_query_items, self.limits)
+        validation.tensor_spec(items, model, "items")
+        validation.response_fits(4 * items.count * model.config.embedding_size + validation.RESPONSE_OVERHEAD,
+                                 self.max_response_bytes,
+                                 f"{items.count} embeddings of {model.config.embedding_size} floats")
         self.metrics.query_items.labels("Embed").observe(items.count)
+        async with self._job(items) as job:
+            (embeddings,) = await self._embed(job, model, (items, "items"))
+        return model, embeddings
 
-        def work() -> np.ndarray:
-            return self._embed(model, self._model_input(model, items, "items"))[0]
 
-        return model, await self._run(work)
+def _pieces(inputs: tuple[tuple[Items, str], ...], part: slice) -> Iterator[Piece]:
+    """The slices of each input that fall in ``part`` of their concatenation."""
+    offset = 0
+    for items, what in inputs:
+        start, stop = max(part.start, offset), min(part.stop, offset + items.count)
+        if start < stop:
+            yield items.part(slice(start - offset, stop - offset)), what, start - offset
+        offset += items.count

@@ -22,6 +22,14 @@ class Items:
     def count(self) -> int:
         return len(self.tensor) if self.tensor is not None else len(self.encoded_images)
 
+    @property
+    def nbytes(self) -> int:
+        """The bytes received for these items, which stay in memory until the request is answered."""
+        return self.tensor.nbytes if self.tensor is not None else sum(map(len, self.encoded_images))
+
+    def part(self, part: slice) -> "Items":
+        return Items(self.tensor[part]) if self.tensor is not None else Items(encoded_images=self.encoded_images[part])
+
 
 @dataclass(frozen=True)
 class AdaptationRequest:

@@ -1,50 +1,75 @@
-"""Admission control: bounded model work and a bounded queue, with deadlines honoured.
+"""Admission control: how much work the server holds at once, counted three ways.
 
-At most ``max_concurrent`` requests run models at once and at most
-``max_queued`` wait for a turn; a request beyond both is refused at once with
-``RESOURCE_EXHAUSTED`` rather than joining an unbounded queue whose latency
-nobody wants.  A request whose deadline passes while it waits is dropped
-before any model work (``DEADLINE_EXCEEDED``); one whose caller cancels is
-dropped by asyncio's cancellation of the waiting coroutine.
+A request is admitted only while the requests in flight (running or waiting
+for the model) stay within
+
+* ``max_requests``: a count, so a queue never grows into latency nobody wants;
+* ``max_items``: support and query items, the measure of model work and of the
+  memory a request holds while it waits (its input, then its embeddings), so a
+  flood of huge requests is turned away where a count alone would let 64 of
+  them queue for minutes;
+* ``max_bytes``: the bytes of the requests' items as received, which stay in
+  memory until each request is answered.
+
+Beyond any of them a request is refused at once with ``RESOURCE_EXHAUSTED``
+(the message says which budget and how to recover) instead of joining a queue.
+
+Items and bytes are admitted with headroom: a request gets in only while what
+is in flight leaves room for it twice, once for itself and once for whoever
+comes next.  So big requests can never take the last of a budget: when the
+server is full of them, the next big one is refused while a small one still
+finds room, and the small one is not starved by them.  (So one request may
+use at most half of each budget.)  Within the budgets,
+:mod:`~metalearn_server.scheduling.fair_share` decides who runs next.
 """
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import time
-from contextlib import asynccontextmanager
-from typing import AsyncIterator
+from dataclasses import dataclass
 
-from metalearn_server.errors import DeadlineExceeded, ResourceExhausted
+from metalearn_server.errors import ResourceExhausted
 
-#: The current request's deadline (``time.monotonic()`` seconds), set by the transport.
-request_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar("request_deadline", default=None)
+
+@dataclass(frozen=True)
+class Budget:
+    max_requests: int
+    max_items: int
+    max_bytes: int
 
 
 class Admission:
-    def __init__(self, max_concurrent: int, max_queued: int) -> None:
-        self.max_concurrent, self.max_queued = max_concurrent, max_queued
-        self._slots = asyncio.Semaphore(max_concurrent)
-        self.queued = 0
+    """Counts what admitted requests hold; lives on the event loop (not thread-safe)."""
 
-    @asynccontextmanager
-    async def slot(self) -> AsyncIterator[float]:
-        """Hold one of the model-work slots; yields the seconds spent waiting for it."""
-        if self._slots.locked() and self.queued >= self.max_queued:
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.requests = self.items = self.bytes = 0
+
+    def admit(self, items: int, nbytes: int) -> None:
+        """Take the request's share of every budget, or refuse it; :meth:`release` gives it back."""
+        self._check(items, nbytes)
+        self.requests, self.items, self.bytes = self.requests + 1, self.items + items, self.bytes + nbytes
+
+    def check_message(self, nbytes: int) -> None:
+        """Refuse a request message of ``nbytes`` that could not be admitted now, before it is even parsed
+        (the transport asks, so that a burst of large messages is turned away without a copy of each)."""
+        self._check(0, nbytes)
+
+    def _check(self, items: int, nbytes: int) -> None:
+        budget = self.budget
+        if 2 * items > budget.max_items or 2 * nbytes > budget.max_bytes:
             raise ResourceExhausted(
-                f"the server is at capacity ({self.max_concurrent} requests running, {self.queued} queued); "
-                "retry with backoff or send fewer concurrent requests")
-        started = time.monotonic()
-        self.queued += 1
-        try:
-            await self._slots.acquire()
-        finally:
-            self.queued -= 1
-        try:
-            deadline = request_deadline.get()
-            if deadline is not None and time.monotonic() >= deadline:
-                raise DeadlineExceeded("the request's deadline passed while it waited for the model; "
-                                       "no work was done; raise the deadline or lower the load")
-            yield time.monotonic() - started
-        finally:
-            self._slots.release()
+                f"this request holds {items} items ({nbytes} bytes), more than the server admits in one request "
+                f"(half of --max-inflight-items {budget.max_items} and of --max-inflight-bytes "
+                f"{budget.max_bytes}); split it into smaller requests")
+        if self.requests >= budget.max_requests:
+            held = f"{self.requests} requests in flight"
+        elif self.items + 2 * items > budget.max_items:
+            held = f"{self.items} of its {budget.max_items} items in flight, too few left for {items} more and room after"
+        elif self.bytes + 2 * nbytes > budget.max_bytes:
+            held = f"{self.bytes} of its {budget.max_bytes} bytes in flight, too few left for {nbytes} more and room after"
+        else:
+            return
+        raise ResourceExhausted(f"the server is at capacity ({held}); retry with backoff, send smaller "
+                                "requests or fewer at once")
+
+    def release(self, items: int, nbytes: int) -> None:
+        self.requests, self.items, self.bytes = self.requests - 1, self.items - items, self.bytes - nbytes

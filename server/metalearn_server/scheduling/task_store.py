@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable
 
-from metalearn_server.errors import InvalidArgument, NotFound, ResourceExhausted
+from metalearn_server.errors import InvalidArgument, NotFound, ResourceExhausted, excerpt
 from metalearn_server.execution.model import FewShotModel, Head
 
 
@@ -103,13 +103,20 @@ class TaskStore:
             reason = self._gone.get(task_id)
             why = {"expired": "it expired", "capacity": "it was evicted to make room for newer tasks",
                    "deleted": "it was deleted"}.get(reason, "no such task was created on this server")
-            raise NotFound(f"task {task_id!r} is not available: {why}; create it again with CreateTask")
+            raise NotFound(f"task {excerpt(task_id)} is not available: {why}; create it again with CreateTask")
         self._tasks.move_to_end(task_id)
         return task
 
     async def delete(self, task_id: str) -> None:
         self._get(task_id)
         self._drop(task_id, "deleted")
+
+    async def healthy(self) -> bool:
+        """Always: the tasks live in this process."""
+        return True
+
+    async def close(self) -> None:
+        """Nothing to close: the tasks go with the process."""
 
     def _expire(self) -> None:
         now = self.clock()

@@ -1,0 +1,145 @@
+"""One caller must not wedge everyone (issue 17): floods of maximal requests, callers that go away,
+answers too big to send, and a shutdown with a long request in flight, each against a real server.
+
+The maximal request is the largest the default limits allow: 2,048 support and 4,096 query tensors
+(19 MB) in 512 classes, several seconds of model work on this CPU.  The bounds asserted are liveness
+bounds with wide margins (before this change: 44 s, 19 s and 37 s where 2 s, 2 s and 6 s are asserted).
+"""
+from __future__ import annotations
+
+import signal
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, tensor_pb2
+
+from helpers import start_server
+from metalearn_client import Client, MetalearnError
+from test_metrics import scrape, value
+
+RNG = np.random.default_rng(17)
+SMALL = (RNG.standard_normal((10, 1, 28, 28)).astype(np.float32), ["a"] * 5 + ["b"] * 5,
+         RNG.standard_normal((5, 1, 28, 28)).astype(np.float32))
+
+
+def items(count: int) -> tensor_pb2.Items:
+    data = RNG.standard_normal((count, 1, 28, 28)).astype(np.float32)
+    return tensor_pb2.Items(tensor=tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=data.shape,
+                                                     data=data.tobytes()))
+
+
+@pytest.fixture(scope="module")
+def maximal() -> fewshot_pb2.ClassifyRequest:
+    return fewshot_pb2.ClassifyRequest(
+        support=fewshot_pb2.SupportSet(items=items(2048), labels=[f"class-{i % 512}" for i in range(2048)]),
+        queries=items(4096))
+
+
+def answered_in(target: str) -> float:
+    with Client(target, timeout=60) as client:
+        started = time.monotonic()
+        assert len(client.classify(*SMALL).predictions) == 5
+        return time.monotonic() - started
+
+
+def test_a_flood_of_maximal_requests_starves_no_one(tmp_path, maximal):
+    server = start_server(tmp_path)
+    stop = threading.Event()
+    calls: list[grpc.Future] = []
+    codes: list[grpc.StatusCode] = []
+
+    def flood() -> None:
+        with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+            classify = fewshot_pb2_grpc.FewShotServiceStub(channel).Classify
+            while not stop.is_set():
+                call = classify.future(maximal, timeout=300)
+                calls.append(call)
+                try:
+                    call.result()
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as error:
+                    codes.append(error.code())
+
+    flooders = [threading.Thread(target=flood) for _ in range(3)]
+    for thread in flooders:
+        thread.start()
+    try:
+        time.sleep(3)  # three callers' maximal requests are running or queued
+        during = answered_in(server.target)
+        stop.set()
+        for call in calls:  # the flooding callers go away, their requests unanswered
+            call.cancel()
+        after = answered_in(server.target)
+        for thread in flooders:
+            thread.join(timeout=60)
+        time.sleep(1)
+        embedded = value(scrape(server), "metalearn_stage_duration_seconds_count", stage="embed")
+        time.sleep(1.5)
+        stopped = value(scrape(server), "metalearn_stage_duration_seconds_count", stage="embed") == embedded
+        text = scrape(server)
+    finally:
+        stop.set()
+        server.process.kill()
+    assert during < 2.0 and after < 2.0, (during, after)
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.CANCELLED, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert stopped  # the work of callers who went away stopped; nothing runs on for them
+    assert value(text, "metalearn_requests_total", rpc="Classify", code="CANCELLED") >= 1
+
+
+def test_admission_counts_items_and_keeps_room_for_small_requests(tmp_path, maximal):
+    """With room for 18,000 items, a second maximal request (6,144) is refused at once, since it would leave less
+    than its own size for whoever comes next, while a small one still gets in."""
+    server = start_server(tmp_path, "--max-inflight-items", "18000")
+    try:
+        with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+            classify = fewshot_pb2_grpc.FewShotServiceStub(channel).Classify
+            first = classify.future(maximal, timeout=300)
+            time.sleep(0.5)
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as refused:
+                classify(maximal, timeout=300)
+            assert time.monotonic() - started < 2  # at once, not after the first one's seconds of work
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "6144 of its 18000 items in flight" in refused.value.details()
+            assert answered_in(server.target) < 2.0
+            first.cancel()
+    finally:
+        server.process.kill()
+
+
+def test_an_answer_too_big_to_send_is_refused_before_any_work(tmp_path):
+    server = start_server(tmp_path, "--max-message-bytes", str(4 << 20))
+    labels = [f"a-class-label-of-forty-characters-{i:05d}" for i in range(512)]
+    try:
+        with Client(server.target, max_message_bytes=64 << 20) as client:
+            with pytest.raises(MetalearnError) as error:
+                client.classify(SMALL[0].repeat(52, axis=0)[:512], labels, SMALL[2].repeat(40, axis=0), top_k=512)
+        text = scrape(server)
+    finally:
+        server.process.kill()
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "200 queries × 512 classes" in error.value.details and "top_k" in error.value.details
+    assert value(text, "metalearn_stage_duration_seconds_count", stage="embed") == 0  # no model work was done
+    assert value(text, "metalearn_requests_total", rpc="Classify", code="RESOURCE_EXHAUSTED") == 1
+    assert value(text, "metalearn_requests_total", rpc="Classify", code="OK") == 0
+
+
+def test_the_grace_period_bounds_shutdown_with_a_long_request_in_flight(tmp_path, maximal):
+    server = start_server(tmp_path, "--drain-seconds", "1", "--grace-seconds", "1")
+    long = fewshot_pb2.ClassifyRequest()
+    long.CopyFrom(maximal)
+    long.method, long.adaptation.steps = fewshot_pb2.METHOD_FINETUNE, 100
+    with grpc.insecure_channel(server.target, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        call = fewshot_pb2_grpc.FewShotServiceStub(channel).Classify.future(long, timeout=300)
+        time.sleep(2)
+        assert not call.done()
+        started = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(timeout=60) == 0
+        took = time.monotonic() - started
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=10)
+    assert took < 6.0, took  # drain 1 + grace 1, and a moment to stop the work
