@@ -77,6 +77,8 @@ CLASSIFY_CASES = {
     "rejection threshold above 1": (lambda r, x: setattr(r, "rejection_threshold", 1.5), INVALID, "rejection_threshold is 1.5"),
     "NaN rejection threshold": (lambda r, x: setattr(r, "rejection_threshold", float("nan")), INVALID, "rejection_threshold is nan"),
     "top_k too large": (lambda r, x: setattr(r, "top_k", 100_000), INVALID, "top_k is 100000"),
+    "65 dimensions": (lambda r, x: set_tensor(r.queries, tensor_pb2.Tensor(dtype=1, shape=[1] * 65, data=b"\0" * 4)), INVALID, "has 65 dimensions"),
+    "finite values that overflow the model": (lambda r, x: set_tensor(r.queries, to_tensor(np.full((2, 1, 28, 28), 3e38, np.float32))), INVALID, "overflow the model"),
     "unknown model": (lambda r, x: setattr(r, "model", "no-such-model"), NOT_FOUND, "'no-such-model' is not in the repository"),
     "unknown version": (lambda r, x: setattr(r, "model_version", "999"), NOT_FOUND, "no version '999'"),
 }
@@ -140,6 +142,35 @@ def test_oversized_messages_are_refused_with_resource_exhausted(tmp_path, images
         assert stop_server(small) == 0
 
 
+def png_header(width: int, height: int) -> bytes:
+    """A PNG whose header declares ``width`` × ``height`` pixels (its pixel data is a stub): what a server that
+    checks sizes before decoding sees of a decompression bomb."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_decoding_costs_what_the_pixels_cost(server, images):
+    """A 2 kB PNG of 16,777,216 × 1 pixels is within the pixel limit, and resizing it used to take about 6 s
+    (the filter's cost grew with the scale factor); now five of them are answered in well under a second."""
+    import io
+    import time
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1 << 24, 1), 200).save(buffer, format="PNG")
+    with Client(server.target) as client:
+        started = time.monotonic()
+        result = client.classify([buffer.getvalue()] * 2, ["a", "b"], [buffer.getvalue()] * 3)
+        assert len(result.predictions) == 3 and time.monotonic() - started < 10
+
+
 def test_image_size_limits(tmp_path, images):
     """Big files and decompression bombs are refused before decoding."""
     import io
@@ -151,14 +182,21 @@ def test_image_size_limits(tmp_path, images):
         Image.new("L", (size, size), 255).save(buffer, format="PNG")
         return buffer.getvalue()
 
-    strict = start_server(tmp_path, "--max-image-pixels", "10000", "--max-image-bytes", "5000")
+    strict = start_server(tmp_path, "--max-image-pixels", "10000", "--max-image-bytes", "5000",
+                          "--max-request-pixels", "25000")
     try:
         with Client(strict.target) as client:
             support = [png(50)] * 4
             assert len(client.classify(support, ["a", "b"] * 2, [png(100)]).predictions) == 1  # 10,000 pixels: fine
-            with pytest.raises(Exception) as error:
-                client.classify(support, ["a", "b"] * 2, [png(101)])
-            assert error.value.code == INVALID and "101×101 pixels, more than the limit of 10000" in error.value.details
+            for size in (101, 20_000):  # the same cause gets the same message, however far over the limit
+                with pytest.raises(Exception) as error:
+                    client.classify(support, ["a", "b"] * 2, [png_header(size, size)])
+                assert error.value.code == INVALID, error.value.details
+                assert f"{size}×{size} pixels, more than the limit of 10000" in error.value.details
+                assert "downscale it" in error.value.details
+            with pytest.raises(Exception) as error:  # 4 × 2,500 + 2 × 10,000 pixels in all
+                client.classify(support, ["a", "b"] * 2, [png(100), png(100)])
+            assert error.value.code == INVALID and "past 25000 pixels in all" in error.value.details
             noisy = io.BytesIO()
             Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 90), dtype=np.uint8)).save(noisy, "PNG")
             with pytest.raises(Exception) as error:
@@ -166,3 +204,48 @@ def test_image_size_limits(tmp_path, images):
             assert error.value.code == INVALID and "more than the limit of 5000" in error.value.details
     finally:
         stop_server(strict)
+
+
+def test_no_answer_carries_non_finite_numbers(stubs, images):
+    """Finite inputs of ±3e38 overflow the backbone: refused, where Embed used to return NaN embeddings with OK."""
+    fewshot = stubs[0]
+    huge = items(np.where(images > 0, 3e38, -3e38).astype(np.float32))
+    task = fewshot.CreateTask(fewshot_pb2.CreateTaskRequest(support=good_request(images).support), timeout=10)
+    for call, request in [
+        (fewshot.Embed, fewshot_pb2.EmbedRequest(items=huge)),
+        (fewshot.ClassifyTask, fewshot_pb2.ClassifyTaskRequest(task_id=task.task_id, queries=huge)),
+        (fewshot.CreateTask, fewshot_pb2.CreateTaskRequest(support=fewshot_pb2.SupportSet(
+            items=huge, labels=["a", "b"] * 3))),
+    ]:
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=10)
+        assert error.value.code() == INVALID and "overflow the model" in error.value.details()
+
+
+def test_long_caller_strings_are_cut_in_messages(server, stubs, images):
+    """A 1 MB task id or model name is echoed as a short prefix, so the caller sees the real status (the whole
+    string pushed the message past the client's 16 kB metadata limit: RESOURCE_EXHAUSTED instead)."""
+    from metalearn.kserve.v2 import grpc_service_pb2 as kserve
+    from metalearn.kserve.v2 import grpc_service_pb2_grpc as kserve_grpc
+
+    from test_metrics import scrape, value
+
+    fewshot, models = stubs
+    long = "x" * (1 << 20)
+    before = value(scrape(server), "metalearn_requests_total", code="NOT_FOUND")
+    calls = [
+        (fewshot.ClassifyTask, fewshot_pb2.ClassifyTaskRequest(task_id=long, queries=items(images))),
+        (fewshot.DeleteTask, fewshot_pb2.DeleteTaskRequest(task_id=long)),
+        (fewshot.Embed, fewshot_pb2.EmbedRequest(model=long, items=items(images))),
+        (fewshot.Embed, fewshot_pb2.EmbedRequest(model_version=long, items=items(images))),
+        (models.GetModel, model_pb2.GetModelRequest(name=long)),
+    ]
+    with grpc.insecure_channel(server.target) as channel:
+        calls.append((kserve_grpc.GRPCInferenceServiceStub(channel).ModelMetadata,
+                      kserve.ModelMetadataRequest(name=long)))
+        for call, request in calls:
+            with pytest.raises(grpc.RpcError) as error:
+                call(request, timeout=10)
+            assert error.value.code() == NOT_FOUND, error.value.details()
+            assert "(1048576 characters)" in error.value.details() and len(error.value.details()) < 1000
+    assert value(scrape(server), "metalearn_requests_total", code="NOT_FOUND") - before == len(calls)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from metalearn_server.errors import InvalidArgument
+from metalearn_server.errors import InvalidArgument, ResourceExhausted, excerpt
 from metalearn_server.execution.model import FewShotModel
 from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.model_config import DISTANCES, METHODS
@@ -30,6 +30,19 @@ class Limits:
     max_top_k: int = 512
     max_image_bytes: int = 4 * 1024 * 1024
     max_image_pixels: int = 4096 * 4096
+    #: Pixels decoded per request, all images together: 16 images of the largest size, or 24,000 of 105².
+    max_request_pixels: int = 256 * 1024 * 1024
+
+
+#: More dimensions than any model's items have; NumPy itself stops at 64.
+MAX_DIMENSIONS = 32
+
+
+def dimensions(shape: tuple[int, ...], what: str) -> None:
+    """A tensor shape the server can represent at all (what a model takes is checked later)."""
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidArgument(f"{what} has {len(shape)} dimensions; items take a few (GetModel's input shape), "
+                              f"and no tensor may have more than {MAX_DIMENSIONS}")
 
 
 def require_items(items: Items, what: str, limit: int, limits: Limits) -> None:
@@ -43,10 +56,11 @@ def require_items(items: Items, what: str, limit: int, limits: Limits) -> None:
                                   f"{limits.max_image_bytes}; send a smaller file")
 
 
-def model_input(items: Items, model: FewShotModel, what: str) -> np.ndarray:
-    """A tensor checked against the model's input spec (dtype, shape, finite values)."""
+def tensor_spec(items: Items, model: FewShotModel, what: str) -> None:
+    """A tensor's dtype and shape checked against the model's input spec (its values: :func:`finite`)."""
     tensor = items.tensor
-    assert tensor is not None
+    if tensor is None:
+        return
     spec = model.config
     expected = (tensor.shape[0], *spec.input_shape)
     if tensor.dtype != np.dtype(spec.input_dtype):
@@ -59,6 +73,9 @@ def model_input(items: Items, model: FewShotModel, what: str) -> np.ndarray:
             f"{what}.tensor has shape {list(tensor.shape)}, model {model.name} takes "
             f"[N, {', '.join(map(str, spec.input_shape))}] (see GetModel's input and preprocessing)"
         )
+
+
+def finite(tensor: np.ndarray, what: str) -> np.ndarray:
     if not np.isfinite(tensor).all():
         raise InvalidArgument(f"{what}.tensor contains NaN or infinite values; send finite numbers")
     return tensor
@@ -79,7 +96,7 @@ def class_index(labels: tuple[str, ...], item_count: int, limits: Limits) -> tup
         classes.setdefault(label, len(classes))
     if len(classes) < 2:
         raise InvalidArgument(
-            f"support has a single class ({next(iter(classes))!r}); few-shot classification needs at least two"
+            f"support has a single class ({excerpt(next(iter(classes)))}); few-shot classification needs at least two"
         )
     if len(classes) > limits.max_classes:
         raise InvalidArgument(f"support has {len(classes)} classes, more than the limit of {limits.max_classes}")
@@ -89,7 +106,7 @@ def class_index(labels: tuple[str, ...], item_count: int, limits: Limits) -> tup
 def method(requested: str, model: FewShotModel) -> str:
     chosen = requested or model.config.default_method
     if chosen not in METHODS:
-        raise InvalidArgument(f"unknown method {requested!r}; use one of {', '.join(METHODS)}")
+        raise InvalidArgument(f"unknown method {excerpt(requested)}; use one of {', '.join(METHODS)}")
     return chosen
 
 
@@ -104,7 +121,7 @@ def task_method(method: str) -> None:
 def distance(requested: str, model: FewShotModel) -> str:
     chosen = requested or model.config.default_distance
     if chosen not in DISTANCES:
-        raise InvalidArgument(f"unknown distance {requested!r}; use one of {', '.join(DISTANCES)}")
+        raise InvalidArgument(f"unknown distance {excerpt(requested)}; use one of {', '.join(DISTANCES)}")
     return chosen
 
 
@@ -145,3 +162,24 @@ def top_k(requested: int, limits: Limits) -> int:
     if requested > limits.max_top_k:
         raise InvalidArgument(f"top_k is {requested}; it must be at most {limits.max_top_k}")
     return max(requested, 1)
+
+
+#: Bytes an answer may take beyond its predictions: model name, version, enums, framing.
+RESPONSE_OVERHEAD = 1024
+
+
+def classification_size(queries: int, classes: tuple[str, ...], top_k: int) -> int:
+    """An upper bound on the bytes of a classification answer (ClassifyResponse and its kin, and the KServe
+    v2 outputs, which carry less): every class label once, then per query its label, a float per class
+    and the ``top_k`` best labels with their scores, with protobuf's tags and lengths at their widest."""
+    sizes = sorted((len(label.encode()) for label in classes), reverse=True)
+    per_query = (sizes[0] + 3) + (4 * len(classes) + 6) + 7 + sum(size + 10 for size in sizes[:top_k]) + 6
+    return sum(size + 3 for size in sizes) + queries * per_query + RESPONSE_OVERHEAD
+
+
+def response_fits(size: int, limit: int, what: str) -> None:
+    """Refuse, before any model work, a request whose answer could not be sent."""
+    if size > limit:
+        raise ResourceExhausted(f"the answer would take up to {size} bytes ({what}), more than the server's "
+                                f"message limit of {limit} bytes; send fewer queries per request, or ask for a "
+                                "smaller top_k")

@@ -13,6 +13,7 @@ from typing import TypeVar
 import numpy as np
 from metalearn.v1 import fewshot_pb2, tensor_pb2
 
+from metalearn_server import validation
 from metalearn_server.errors import InvalidArgument
 from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
 
@@ -39,6 +40,7 @@ def tensor_to_array(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
         name = tensor_pb2.DataType.Name(tensor.dtype) if known else str(tensor.dtype)
         raise InvalidArgument(f"{what}.dtype is {name}; set a supported type, e.g. DATA_TYPE_FLOAT32")
     shape = tuple(tensor.shape)
+    validation.dimensions(shape, f"{what}.shape")
     if len(shape) < 2 or any(d <= 0 for d in shape):
         raise InvalidArgument(f"{what}.shape is {list(shape)}; give the item count first, then the item's "
                               "dimensions, all positive (e.g. [N, 1, 28, 28])")

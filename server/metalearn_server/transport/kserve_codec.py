@@ -36,7 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from metalearn.kserve.v2 import grpc_service_pb2 as pb
 
-from metalearn_server.errors import InvalidArgument
+from metalearn_server import validation
+from metalearn_server.errors import InvalidArgument, excerpt
 from metalearn_server.execution.model import FewShotModel
 from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
 
@@ -132,6 +133,7 @@ def encode_bytes_elements(elements: list[str] | tuple[str, ...]) -> bytes:
 def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray | list[bytes]:
     what = f"input {tensor.name}"
     shape = tuple(tensor.shape)
+    validation.dimensions(shape, what)
     if not shape or any(d < 0 for d in shape):
         raise InvalidArgument(f"{what} has shape {list(shape)}; give every dimension, none negative")
     count = math.prod(shape)
@@ -144,7 +146,7 @@ def _decode_input(tensor: pb.ModelInferRequest.InferInputTensor, raw: bytes | No
         return elements
     dtype = NUMERIC.get(tensor.datatype)
     if dtype is None:
-        raise InvalidArgument(f"{what} has datatype {tensor.datatype!r}; use one of "
+        raise InvalidArgument(f"{what} has datatype {excerpt(tensor.datatype)}; use one of "
                               f"{', '.join([*NUMERIC, 'BYTES'])}")
     if raw is not None:
         if len(raw) != count * dtype.itemsize:
@@ -162,8 +164,9 @@ def inputs(request: pb.ModelInferRequest, expected: tuple[str, ...]) -> dict[str
     """Every expected input, decoded; anything missing, repeated or unknown is refused."""
     names = [tensor.name for tensor in request.inputs]
     if sorted(names) != sorted(expected):  # one of each, nothing else
-        raise InvalidArgument(f"model {request.model_name} takes the inputs {', '.join(expected)}, once each; "
-                              f"the request has {', '.join(names) or 'none'} (see ModelMetadata)")
+        raise InvalidArgument(f"model {excerpt(request.model_name, quote=False)} takes the inputs {', '.join(expected)}, once "
+                              f"each; the request has {excerpt(', '.join(names), quote=False) if names else 'none'} "
+                              "(see ModelMetadata)")
     raw = list(request.raw_input_contents)
     if raw and len(raw) != len(names):
         raise InvalidArgument(f"raw_input_contents has {len(raw)} entries for {len(names)} inputs; "
@@ -204,7 +207,8 @@ def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[Su
     """A v2 inference on a few-shot model, as the native Classify call it stands for."""
     unknown = sorted(set(request.parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidArgument(f"unknown parameter {', '.join(unknown)}; few-shot models take {', '.join(PARAMETERS)}")
+        raise InvalidArgument(f"unknown parameter {excerpt(', '.join(unknown), quote=False)}; few-shot models take "
+                              f"{', '.join(PARAMETERS)}")
     tensors = inputs(request, FEWSHOT_INPUTS)
     support = SupportRequest(
         model=model_name,
@@ -223,7 +227,8 @@ def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[Su
 
 def embed_items(request: pb.ModelInferRequest) -> Items:
     if request.parameters:
-        raise InvalidArgument(f"the backbone model takes no parameters; drop {', '.join(sorted(request.parameters))}")
+        raise InvalidArgument(f"the backbone model takes no parameters; drop "
+                              f"{excerpt(', '.join(sorted(request.parameters)), quote=False)}")
     return _as_items(inputs(request, ("ITEMS",))["ITEMS"], "ITEMS")
 
 
@@ -249,7 +254,7 @@ def infer_response(request: pb.ModelInferRequest, model_name: str, version: str,
     """The requested outputs (all, if none were named), in the order asked for."""
     for wanted in request.outputs:
         if wanted.name not in outputs:
-            raise InvalidArgument(f"model {request.model_name} has no output {wanted.name!r}; "
+            raise InvalidArgument(f"model {excerpt(request.model_name, quote=False)} has no output {excerpt(wanted.name)}; "
                                   f"it has {', '.join(outputs)}")
         if wanted.parameters:
             raise InvalidArgument(f"output {wanted.name}: output parameters "
