@@ -27,9 +27,9 @@ DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-# Serving parts only (protocol stubs, client, server): no torch.
+# Serving parts only (protocol stubs, client, server with its [redis] extra for --redis-url): no torch.
 $(VENV)/.serving: $(BIN)/python $(SERVING_SOURCES)
-	$(PIP) install $(LOCAL)
+	$(PIP) install ./protos ./client './server[redis]'
 	$(PIP) install --no-deps --force-reinstall $(LOCAL)
 	touch $@
 

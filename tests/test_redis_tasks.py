@@ -64,3 +64,58 @@ def test_a_task_created_on_one_replica_serves_on_another(tmp_path, redis_url, ep
     finally:
         stop_server(first)
         stop_server(second)
+
+
+def test_a_lost_task_store_is_unavailable_then_serves_again(tmp_path, episode):
+    """Redis goes away: task calls answer UNAVAILABLE (retryable, saying so) instead of INTERNAL, health marks
+    FewShotService NOT_SERVING while Classify still works, and everything serves again once Redis is back."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    port = free_port()
+    redis = subprocess.Popen([shutil.which("redis-server") or pytest.skip("redis-server not installed"), "--port",
+                              str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    time.sleep(0.5)
+    server = start_server(tmp_path, "--redis-url", f"redis://127.0.0.1:{port}/0")
+    support, queries = as_tensor(episode.support), as_tensor(episode.query)
+    labels = labels_of(episode, episode.support_labels)
+
+    def fewshot_health(channel) -> int:
+        request = health_pb2.HealthCheckRequest(service="metalearn.v1.FewShotService")
+        return health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+
+    try:
+        with Client(server.target, retries=0) as client, grpc.insecure_channel(server.target) as channel:
+            task = client.create_task(support, labels)
+            redis.terminate()
+            redis.wait(timeout=30)
+            for call in (lambda: client.classify_task(task.task_id, queries), lambda: client.create_task(support, labels),
+                         lambda: client.delete_task(task.task_id)):
+                with pytest.raises(MetalearnError) as error:
+                    call()
+                assert error.value.code == grpc.StatusCode.UNAVAILABLE, error.value.details
+                assert f"Redis at 127.0.0.1:{port}" in error.value.details and "retry" in error.value.details
+            assert len(client.classify(support, labels, queries).labels) == len(queries)  # needs no store
+            deadline = time.monotonic() + 20
+            while fewshot_health(channel) != health_pb2.HealthCheckResponse.NOT_SERVING:
+                assert time.monotonic() < deadline, "health never reported the lost store"
+                time.sleep(0.2)
+            assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status == \
+                health_pb2.HealthCheckResponse.SERVING  # the process itself is fine: liveness stays
+
+            redis = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1",
+                                      "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
+                                     stdout=subprocess.DEVNULL)
+            deadline = time.monotonic() + 20
+            while fewshot_health(channel) != health_pb2.HealthCheckResponse.SERVING:
+                assert time.monotonic() < deadline, "health never saw the store come back"
+                time.sleep(0.2)
+            again = client.create_task(support, labels)
+            assert len(client.classify_task(again.task_id, queries).labels) == len(queries)
+        text = scrape(server)
+        assert value(text, "metalearn_requests_total", code="INTERNAL") == 0
+        assert value(text, "metalearn_requests_total", code="UNAVAILABLE") == 3
+    finally:
+        stop_server(server)
+        redis.terminate()
+        redis.wait(timeout=30)

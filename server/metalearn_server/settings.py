@@ -21,6 +21,7 @@ ENV_PREFIX = "METALEARN_"
 class Settings:
     host: str = "[::]"
     port: int = 50051
+    metrics_host: str = ""
     metrics_port: int = 8002
     model_repository: Path = BUNDLED_REPOSITORY
     default_model: str = ""
@@ -28,6 +29,9 @@ class Settings:
     providers: tuple[str, ...] = DEFAULT_PREFERENCE
     workers: int = 0
     max_queued_requests: int = 64
+    max_inflight_items: int = 16_384
+    max_inflight_bytes: int = 256 * 1024 * 1024
+    batch_items: int = 0
     intra_op_threads: int = 0
     max_message_bytes: int = 64 * 1024 * 1024
     redis_url: str = ""
@@ -50,6 +54,8 @@ class Settings:
 HELP = {
     "host": "address to listen on for gRPC",
     "port": "gRPC port (0: pick a free one and log it)",
+    "metrics_host": "address to serve metrics on (empty: the --host address); the endpoint has no authentication, "
+                    "so keep it on an address only the scraper reaches (see the README's Metrics section)",
     "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint); "
                     "8002 as in Triton, clear of Prometheus's own 9090",
     "model_repository": "model repository folder holding <name>/<version>/config.json; the default is the bundled one",
@@ -61,6 +67,13 @@ HELP = {
                "as one backbone call already spreads over every core and a second only contends with it, "
                "four on a GPU provider, where one request's CPU work overlaps another's device work",
     "max_queued_requests": "requests waiting for a worker; beyond it new ones get RESOURCE_EXHAUSTED at once",
+    "max_inflight_items": "support and query items of all requests running or waiting; a request is admitted while "
+                          "it leaves room for its own size again (big ones never take the last of it), else "
+                          "RESOURCE_EXHAUSTED at once, so a flood of huge requests cannot queue minutes of work",
+    "max_inflight_bytes": "bytes of the items of all requests running or waiting, as received, admitted the same way "
+                          "(bounds the memory that waiting requests hold)",
+    "batch_items": "items per backbone call: bigger inputs run in chunks of at most this many, each chunk a turn of the "
+                   "fair scheduler (0: 128 on the CPU provider, 1024 on a GPU)",
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
     "redis_url": "keep tasks in Redis (e.g. redis://localhost:6379/0, a database of metalearn's own) so that "
@@ -121,8 +134,10 @@ def parse(argv: list[str] | None = None) -> Settings:
     for item in fields(Limits):
         _add_flag(parser, item.name, getattr(limits, item.name), "per-request limit")
     args = vars(parser.parse_args(argv))
-    if args["workers"] < 0:
-        parser.error("--workers must be 0 (automatic) or more")
+    if args["workers"] < 0 or args["batch_items"] < 0:
+        parser.error("--workers and --batch-items must be 0 (automatic) or more")
+    if args["max_inflight_items"] <= 0 or args["max_inflight_bytes"] <= 0:
+        parser.error("--max-inflight-items and --max-inflight-bytes must be positive")
     if bool(args["tls_cert"]) != bool(args["tls_key"]):
         parser.error("--tls-cert and --tls-key go together")
     if args["tls_client_ca"] and not args["tls_cert"]:
