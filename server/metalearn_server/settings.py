@@ -73,7 +73,7 @@ HELP = {
     "max_inflight_bytes": "bytes of the items of all requests running or waiting, as received, admitted the same way "
                           "(bounds the memory that waiting requests hold)",
     "batch_items": "items per backbone call: bigger inputs run in chunks of at most this many, each chunk a turn of the "
-                   "fair scheduler (0: 128 on the CPU provider, 1024 on a GPU)",
+                   "fair scheduler (0: 64 on the CPU provider, 1024 on a GPU)",
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
     "redis_url": "keep tasks in Redis (e.g. redis://localhost:6379/0, a database of metalearn's own) so that "

@@ -20,7 +20,7 @@ from metalearn_server.execution.runtime import create_session, run
 #: Items per backbone call on the CPU provider.  ONNX Runtime's cost per image rises with the batch on
 #: this CPU (Conv-4 rotation ensemble: 0.62 ms at 64 images, 0.79 at 128, 1.6 at 512, 2.4 at 2,048), and
 #: its activations grow with it (a 6,144-image call peaked at 8.6 GB), so big inputs run in chunks.
-CPU_BATCH_ITEMS = 128
+CPU_BATCH_ITEMS = 64
 
 
 @dataclass(frozen=True)
