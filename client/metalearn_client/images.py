@@ -5,8 +5,8 @@ decodes them itself.  Arrays are for callers who keep, augment or reuse the
 model input (``create_task`` once, ``stream`` many batches, ``embed``), or who
 check what the model sees.  The steps are ``Preprocessing``'s, in its order
 (protos/metalearn/v1/model.proto), with the server's resampling (Lanczos,
-reducing gap 3), so an array from here and the same file sent encoded give the
-same answer.  Needs Pillow: ``pip install 'metalearn-client[images]'``.
+reducing gap 3, JPEG drafts), so an array from here and the same file sent
+encoded give the same answer.  Needs Pillow: ``pip install 'metalearn-client[images]'``.
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ def load_images(sources: Sequence[Union[str, os.PathLike, bytes]], model: model_
     arrays = []
     for source in sources:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+            if image.format == "JPEG":  # decoded at a reduced scale where that suffices, as the server does
+                image.draft(spec.color_mode, (int(spec.width * REDUCING_GAP), int(spec.height * REDUCING_GAP)))
             pixels = image.convert(spec.color_mode).resize((spec.width, spec.height), Image.Resampling.LANCZOS,
                                                            reducing_gap=REDUCING_GAP)
         array = np.asarray(pixels, dtype=np.float32)
