@@ -141,7 +141,8 @@ def listen(server: grpc.aio.Server, settings: Settings) -> int:
         return server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:  # gRPC says only "Failed to bind to address"
         raise StartupError(f"cannot listen on {address}: another process holds the port, or the address is not "
-                           "this machine's; choose another --port or --host (or give --reuse-port to every server meant to share it)") from None
+                           "this machine's; choose another --port or --host (or give --reuse-port to every server "
+                           "meant to share it)") from None
 
 
 def metrics_address(settings: Settings) -> str:
