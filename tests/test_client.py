@@ -3,6 +3,9 @@ string, a server that is not there, and image files turned into model-ready arra
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 
 import grpc
 import numpy as np
@@ -70,3 +73,14 @@ def test_load_images_gives_what_the_server_decodes(client, episode, tmp_path):
     encoded = client.classify(support_paths, labels, paths)
     assert streamed[0].labels + streamed[1].labels == encoded.labels
     np.testing.assert_allclose(np.concatenate([r.scores for r in streamed]), encoded.scores, atol=1e-5)
+
+
+def test_load_images_without_pillow_says_which_extra_to_install(tmp_path):
+    shadow = tmp_path / "shadow" / "PIL"  # Pillow not installed: importing it fails as it would then
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'PIL'\", name='PIL')\n")
+    code = ("from metalearn.v1 import model_pb2; from metalearn_client import load_images\n"
+            "try:\n    load_images([b'x'], model_pb2.GetModelResponse())\nexcept ImportError as error:\n    print(error)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(tmp_path / "shadow")})
+    assert "pip install 'metalearn-client[images]'" in result.stdout, result.stderr
