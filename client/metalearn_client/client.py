@@ -189,8 +189,8 @@ class Client:
 
     def classify_task(self, task_id: str, queries: ItemsLike, *, top_k: int = 1,
                       rejection_threshold: float | None = None, timeout: float | None = None) -> Classification:
-        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries, "queries"), top_k=top_k,
-                                                  rejection_threshold=rejection_threshold)
+        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries, "queries"),
+                                                  top_k=top_k, rejection_threshold=rejection_threshold)
         response = self._call("ClassifyTask", self._fewshot.ClassifyTask, request, timeout)
         return Classification(list(response.classes), _predictions(response.predictions))
 
