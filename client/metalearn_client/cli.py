@@ -6,7 +6,10 @@
 
 ``--support`` is a folder with one sub-folder per class, named by the class
 and holding that class's example images (PNG or JPEG): the layout a teacher
-or analyst already keeps.
+or analyst already keeps.  Classes are listed in sorted folder-name order.
+
+Every error is one ``error: ...`` line on stderr and exit status 2; ``health``
+exits 1 whenever the answer is not SERVING, a server not reachable included.
 """
 from __future__ import annotations
 
@@ -24,22 +27,45 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UNKNOWN = "(unknown)"
 
 
+class CommandError(Exception):
+    """What the user gave cannot work; the message says what to give instead."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as the one ``error:`` line every other error is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def read_support_folder(folder: Path) -> tuple[list[Path], list[str]]:
-    """Image paths and their labels from ``folder/<label>/<image>``."""
+    """Image paths and their labels from ``folder/<label>/<image>``, classes in sorted folder-name order
+    (the API itself orders classes by first appearance, so this order is the folder names')."""
     if not folder.is_dir():
-        raise SystemExit(f"--support {folder} is not a folder")
+        raise CommandError(f"--support {folder} is not a folder")
     paths, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             paths.append(image)
             labels.append(class_dir.name)
     if not paths:
-        raise SystemExit(f"--support {folder} has no <class>/<image>.png|.jpg files")
+        raise CommandError(f"--support {folder} has no <class>/<image>.png|.jpg files")
     return paths, labels
+
+
+def check_queries(queries: list[Path]) -> None:
+    """Each query must be a readable file: caught before any call, so no traceback and no wasted request."""
+    for path in queries:
+        if path.is_dir():
+            raise CommandError(f"query {path} is a folder; give image files (a folder of classes goes to --support)")
+        if not path.is_file():
+            raise CommandError(f"query file {path} does not exist")
 
 
 def classify(client: Client, args: argparse.Namespace) -> None:
     paths, labels = read_support_folder(args.support)
+    check_queries(args.queries)
     result = client.classify(paths, labels, args.queries, model=args.model, version=args.model_version,
                              method=args.method, distance=args.distance, steps=args.steps,
                              learning_rate=args.learning_rate, top_k=args.top_k,
@@ -76,9 +102,9 @@ def health(client: Client, args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="metalearn", description=__doc__,
-                                   epilog="A bearer token, if the server wants one, is read from METALEARN_TOKEN.",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Parser(prog="metalearn", description=__doc__,
+                  epilog="A bearer token, if the server wants one, is read from METALEARN_TOKEN.",
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("--target", default=os.environ.get("METALEARN_TARGET", "localhost:50051"),
                       help="server address host:port [env METALEARN_TARGET] (default: %(default)s)")
     root.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds (default: %(default)s)")
@@ -121,6 +147,13 @@ def main(argv: list[str] | None = None) -> None:
             args.handler(client, args)
     except MetalearnError as error:
         print(f"error: {error}", file=sys.stderr)
+        # A probe asks only "SERVING or not": nothing listening is "not", as --help promises.
+        raise SystemExit(1 if args.command == "health" else 2) from None
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as error:  # a file that vanished or cannot be read (permissions), a TLS file among them
+        print(f"error: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -21,6 +21,7 @@ ENV_PREFIX = "METALEARN_"
 class Settings:
     host: str = "[::]"
     port: int = 50051
+    reuse_port: bool = False
     metrics_host: str = ""
     metrics_port: int = 8002
     model_repository: Path = BUNDLED_REPOSITORY
@@ -54,6 +55,8 @@ class Settings:
 HELP = {
     "host": "address to listen on for gRPC",
     "port": "gRPC port (0: pick a free one and log it)",
+    "reuse_port": "share --port with other processes that ask for it too (SO_REUSEPORT: the kernel splits "
+                  "connections among them); without it a port already taken refuses the start",
     "metrics_host": "address to serve metrics on (empty: the --host address); the endpoint has no authentication, "
                     "so keep it on an address only the scraper reaches (see the README's Metrics section)",
     "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint); "

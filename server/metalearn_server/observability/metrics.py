@@ -46,7 +46,8 @@ def label_request(model: str, method: str = "") -> None:
 class Metrics:
     """Every metric of the server, on a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "") -> None:
+        """``version``: the server's, on ``metalearn_build_info``."""
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -77,6 +78,13 @@ class Metrics:
         self.model_load_failures = Counter(
             "metalearn_model_load_failures", "Model versions refused at load (bad config or graphs).", ["model"],
             registry=r)
+        # A series of the project's own on every metalearn target: dashboards and alerts select targets by it
+        # (``… and on(job, instance) metalearn_build_info``, ``absent(metalearn_build_info)``), never by a scrape
+        # job name that each Prometheus set-up chooses.  A gauge, not the OpenMetrics info type, which
+        # promtool's check of the text format refuses.
+        self.build_info = Gauge("metalearn_build_info", "The metalearn server answering here (always 1).",
+                                ["version"], registry=r)
+        self.build_info.labels(version).set(1)
         self.model_info = Gauge(
             "metalearn_model_info", "Loaded model versions (always 1) with the execution provider in use.",
             ["model", "version", "provider"], registry=r)
