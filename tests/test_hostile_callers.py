@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, tensor_pb2
 
-from helpers import start_server
+from helpers import start_server, status_of
 from metalearn_client import Client, MetalearnError
 from test_metrics import scrape, value
 
@@ -57,11 +57,7 @@ def test_a_flood_of_maximal_requests_starves_no_one(tmp_path, maximal):
             while not stop.is_set():
                 call = classify.future(maximal, timeout=300)
                 calls.append(call)
-                try:
-                    call.result()
-                    codes.append(grpc.StatusCode.OK)
-                except grpc.RpcError as error:
-                    codes.append(error.code())
+                codes.append(status_of(call.result))
 
     flooders = [threading.Thread(target=flood) for _ in range(3)]
     for thread in flooders:
