@@ -21,8 +21,9 @@ Each window reports throughput, the latency percentiles of the mix, the
 server's RSS and any unexpected outcome.  The run passes when no outcome was
 unexpected (the mix always succeeds; floods may be refused at capacity,
 walked-away calls are cancelled), the server's RSS stayed within
-:data:`RSS_BUDGET_MB` in every window and grew by at most 10% over each phase,
-and the mix's p99 under hostile traffic stayed within 2× of the quiet p99 (the
+:data:`RSS_BUDGET_MB` in every window, grew by at most 10% over the quiet phase
+and came back within :data:`RETURN_SLACK_MB` of it once the hostile traffic
+stopped, and the mix's p99 under hostile traffic stayed within 2× of the quiet p99 (the
 first window is a warm-up when a phase has three or more).  The report goes
 to ``docs/benchmarks/soak.md``.
 """
@@ -50,6 +51,12 @@ from metalearn.benchmark import SHAPES, ServerProcess, closed_loop, episode_arra
 
 #: The server's resident memory may never pass this (deploy/kubernetes gives the pod 2 GiB).
 RSS_BUDGET_MB = 2048
+#: Once the hostile traffic stops and the server idles, its RSS must come back within this of the quiet phase's
+#: (the backbone's arena sized for a full chunk, and what the allocator keeps): memory that does not come back
+#: is a leak, not load.
+RETURN_SLACK_MB = 256
+#: Seconds the server idles after the hostile phase before its RSS is read (it trims at its repository polls).
+IDLE_SECONDS = 5.0
 CALLERS, CLIENTS_PER_CALLER = 4, 8
 #: Broken versions the deployer drops in, as edits of a good version's config.json.
 BROKEN_CONFIGS: dict[str, Callable[[dict], None]] = {
@@ -222,7 +229,8 @@ class Hostile:
                     return
 
 
-def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[Window], Counter, Counter]:
+def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[Window], Counter, Counter, float]:
+    """The windows, the unexpected outcomes, the hostile traffic's outcomes and the idle RSS (MB) after it."""
     from metalearn_client import Client, MetalearnError
     from metalearn_server.execution.repository import BUNDLED_REPOSITORY
 
@@ -266,13 +274,16 @@ def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[
             print(f"window {len(windows)}{' (hostile)' if w.hostile else ''}: {w.requests / w.seconds:.0f} req/s, "
                   f"p50 {w.p50_ms:.1f} ms, p99 {w.p99_ms:.1f} ms, RSS {w.rss_mb:.0f} MB, unexpected {w.unexpected}",
                   flush=True)
+        hostile.close()
+        time.sleep(IDLE_SECONDS)
+        idle_mb = server.rss_mb()
     finally:
         hostile.close()
         for client in clients:
             client.close()
         server.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    return windows, unexpected, hostile.outcomes
+    return windows, unexpected, hostile.outcomes, idle_mb
 
 
 def _settled(phase: list[Window]) -> list[Window]:
@@ -280,8 +291,9 @@ def _settled(phase: list[Window]) -> list[Window]:
     return phase[1:] if len(phase) >= 3 else phase
 
 
-def verdict(windows: list[Window], unexpected: Counter) -> list[str]:
-    """What failed, if anything (see the module's docstring)."""
+def verdict(windows: list[Window], unexpected: Counter, idle_mb: float | None = None) -> list[str]:
+    """What failed, if anything (see the module's docstring); ``idle_mb`` is the RSS once the hostile traffic
+    has stopped."""
     failures = []
     if unexpected:
         failures.append(f"unexpected outcomes: {dict(unexpected)}")
@@ -289,11 +301,12 @@ def verdict(windows: list[Window], unexpected: Counter) -> list[str]:
     if over:
         failures.append(f"RSS reached {max(over):.0f} MB, over the {RSS_BUDGET_MB} MB budget")
     quiet, hostile = [w for w in windows if not w.hostile], [w for w in windows if w.hostile]
-    for name, phase in (("quiet", quiet), ("hostile", hostile)):
-        settled = _settled(phase)
-        if settled and settled[-1].rss_mb > 1.10 * settled[0].rss_mb:
-            failures.append(f"RSS grew from {settled[0].rss_mb:.0f} to {settled[-1].rss_mb:.0f} MB in the {name} phase")
     calm = _settled(quiet)
+    if calm and calm[-1].rss_mb > 1.10 * calm[0].rss_mb:
+        failures.append(f"RSS grew from {calm[0].rss_mb:.0f} to {calm[-1].rss_mb:.0f} MB in the quiet phase")
+    if calm and hostile and idle_mb is not None and idle_mb > calm[-1].rss_mb + RETURN_SLACK_MB:
+        failures.append(f"after the hostile traffic RSS stayed at {idle_mb:.0f} MB, over the quiet "
+                        f"{calm[-1].rss_mb:.0f} MB + {RETURN_SLACK_MB} MB")
     if calm and calm[-1].p99_ms > 2 * calm[0].p99_ms:
         failures.append(f"p99 drifted from {calm[0].p99_ms:.1f} to {calm[-1].p99_ms:.1f} ms in the quiet phase")
     if calm and hostile:
@@ -305,10 +318,10 @@ def verdict(windows: list[Window], unexpected: Counter) -> list[str]:
     return failures
 
 
-def report(windows: list[Window], unexpected: Counter, hostile: Counter, concurrency: int) -> str:
+def report(windows: list[Window], unexpected: Counter, hostile: Counter, idle_mb: float, concurrency: int) -> str:
     m = machine()
     total = sum(w.requests for w in windows)
-    failures = verdict(windows, unexpected)
+    failures = verdict(windows, unexpected, idle_mb)
     lines = [f"Soak: {total:,} operations (each one to three RPCs) at concurrency {concurrency} from {CALLERS} callers "
              f"over {sum(w.seconds for w in windows) / 60:.1f} minutes on {m['cpu']}, {m['cores']} cores, hostile "
              f"traffic in the second half. Verdict: {'PASS' if not failures else 'FAIL: ' + '; '.join(failures)}.", "",
@@ -316,7 +329,8 @@ def report(windows: list[Window], unexpected: Counter, hostile: Counter, concurr
              "| --- | --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {i} | {'hostile' if w.hostile else 'quiet'} | {w.requests / w.seconds:.0f} | {w.p50_ms:.1f} | "
               f"{w.p99_ms:.1f} | {w.rss_mb:.0f} | {w.unexpected} |" for i, w in enumerate(windows, 1)]
-    lines += ["", "Hostile traffic: " + (", ".join(f"{n} {what}" for what, n in sorted(hostile.items())) or "none") + "."]
+    lines += ["", "Hostile traffic: " + (", ".join(f"{n} {what}" for what, n in sorted(hostile.items())) or "none") + "."
+              + f" Server RSS {IDLE_SECONDS:.0f} s after it stopped: {idle_mb:.0f} MB."]
     return "\n".join(lines) + "\n"
 
 
@@ -327,12 +341,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--window-seconds", type=float, default=30.0)
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks/soak.md"))
     args = parser.parse_args(argv)
-    windows, unexpected, hostile = soak(args.minutes, args.concurrency, args.window_seconds)
-    text = report(windows, unexpected, hostile, args.concurrency)
+    windows, unexpected, hostile, idle_mb = soak(args.minutes, args.concurrency, args.window_seconds)
+    text = report(windows, unexpected, hostile, idle_mb, args.concurrency)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
-    if verdict(windows, unexpected):
+    if verdict(windows, unexpected, idle_mb):
         sys.exit(1)
 
 
