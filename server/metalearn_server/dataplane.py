@@ -6,7 +6,8 @@ Everything that can be checked without a model is checked first, on the event
 loop, so a malformed request costs almost nothing.  The model work is then a
 :class:`~metalearn_server.scheduling.model_work.Job` of short steps: each
 chunk of items is decoded (or its values checked) and embedded in one step,
-and the head is one more.  Between steps the caller's fair turn, deadline and
+the head is one more, and scoring many queries against many classes is split
+into steps of bounded work too.  Between steps the caller's fair turn, deadline and
 cancellation are checked (:mod:`~metalearn_server.scheduling`), so a huge
 request neither starves small ones nor runs on for a caller who has gone, and
 no request holds more than one chunk of decoded input.
@@ -118,10 +119,22 @@ class DataPlane:
                                   "learning rate or l2, or send items preprocessed as GetModel says")
         return scores
 
-    def _classify_head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
-                       method: str, distance: str, adaptation: Adaptation, queries: np.ndarray) -> Scores:
+    def _head_and_score(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
+                        method: str, distance: str, adaptation: Adaptation, queries: np.ndarray,
+                        first: slice) -> tuple[Head, Scores]:
+        """The head, and the ``first`` queries scored in the same step (all of them for a small episode)."""
         head = self._head(model, support, targets, classes, method, distance, adaptation, queries)
-        return self._score(model, queries, head)
+        return head, self._score(model, queries[first], head)
+
+    async def _scores(self, job: Job, model: FewShotModel, queries: np.ndarray, head: Head, parts: list[slice],
+                      first: Scores | None = None) -> Scores:
+        """The queries scored one part per step (see FewShotModel.score_batches); ``first``: the first part's,
+        already scored."""
+        scores = [first] if first is not None else []
+        scores += [await job.run(self._score, model, queries[part], head) for part in parts[len(scores):]]
+        if len(scores) == 1:
+            return scores[0]
+        return Scores(np.concatenate([s.probabilities for s in scores]), np.concatenate([s.known for s in scores]))
 
     # -- RPCs ---------------------------------------------------------------------------
     def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, Adaptation,
@@ -155,8 +168,10 @@ class DataPlane:
         top_k, threshold = self._queries(queries, model, distance, classes, "Classify")
         async with self._job(request.items, queries.items) as job:
             support, query = await self._embed(job, model, (request.items, "support.items"), (queries.items, "queries"))
-            scores = await job.run(self._classify_head, model, support, targets, len(classes), method, distance,
-                                   adaptation, query)
+            parts = model.score_batches(len(query), len(classes))
+            head, first = await job.run(self._head_and_score, model, support, targets, len(classes), method,
+                                        distance, adaptation, query, parts[0])
+            scores = await self._scores(job, model, query, head, parts, first)
         return Classification(model.name, model.version, classes, scores.probabilities, scores.known, threshold,
                               method, distance, top_k)
 
@@ -174,7 +189,8 @@ class DataPlane:
         top_k, threshold = self._queries(queries, task.model, task.distance, task.classes, rpc)
         async with self._job(queries.items) as job:
             (query,) = await self._embed(job, task.model, (queries.items, "queries"))
-            scores = await job.run(self._score, task.model, query, task.head)
+            scores = await self._scores(job, task.model, query, task.head,
+                                        task.model.score_batches(len(query), len(task.classes)))
         return Classification(task.model.name, task.model.version, task.classes, scores.probabilities, scores.known,
                               threshold, task.method, task.distance, top_k)
 
