@@ -35,15 +35,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from metalearn.kserve.v2 import grpc_service_pb2 as pb
+from metalearn.kserve.v2 import model_config_pb2 as config_pb
 
 from metalearn_server import validation
 from metalearn_server.errors import InvalidArgument, excerpt
 from metalearn_server.execution.model import FewShotModel
+from metalearn_server.observability.statistics import Duration, VersionStatistics
 from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
 
 EMBED_SUFFIX = ".embed"
 FEWSHOT_PLATFORM = "metalearn_fewshot"
 EMBED_PLATFORM = "onnxruntime_onnx"
+EMBED_BACKEND = "onnxruntime"
 
 #: Protocol datatypes of numeric tensors, little-endian as the protocol requires.
 NUMERIC = {
@@ -70,6 +73,15 @@ FEWSHOT_INPUTS = ("SUPPORT", "SUPPORT_LABELS", "QUERY")
 
 
 @dataclass(frozen=True)
+class Tensor:
+    """One input or output of a v2 model, as its metadata shows it (-1: any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Output:
     """One output tensor, encoded: protocol datatype, shape and raw bytes."""
 
@@ -86,24 +98,73 @@ def split_model_name(name: str) -> tuple[str, bool]:
 
 
 # -- metadata -----------------------------------------------------------------------------------
-def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
-    item = [-1, *model.config.input_shape]
+def _tensors(model: FewShotModel, embed: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """The inputs and outputs of the v2 model, which ModelMetadata and ModelConfig both describe."""
+    item = (-1, *model.config.input_shape)
     datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
-    tensor = pb.ModelMetadataResponse.TensorMetadata
     if embed:
-        inputs = [tensor(name="ITEMS", datatype=datatype, shape=item)]
-        outputs = [tensor(name="EMBEDDINGS", datatype="FP32", shape=[-1, model.config.embedding_size])]
-    else:
-        inputs = [tensor(name="SUPPORT", datatype=datatype, shape=item),
-                  tensor(name="SUPPORT_LABELS", datatype="BYTES", shape=[-1]),
-                  tensor(name="QUERY", datatype=datatype, shape=item)]
-        outputs = [tensor(name="SCORES", datatype="FP32", shape=[-1, -1]),
-                   tensor(name="CLASSES", datatype="BYTES", shape=[-1]),
-                   tensor(name="LABELS", datatype="BYTES", shape=[-1]),
-                   tensor(name="KNOWN_SCORE", datatype="FP32", shape=[-1])]
+        return [Tensor("ITEMS", datatype, item)], [Tensor("EMBEDDINGS", "FP32", (-1, model.config.embedding_size))]
+    return ([Tensor("SUPPORT", datatype, item), Tensor("SUPPORT_LABELS", "BYTES", (-1,)),
+             Tensor("QUERY", datatype, item)],
+            [Tensor("SCORES", "FP32", (-1, -1)), Tensor("CLASSES", "BYTES", (-1,)), Tensor("LABELS", "BYTES", (-1,)),
+             Tensor("KNOWN_SCORE", "FP32", (-1,))])
+
+
+def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
+    inputs, outputs = _tensors(model, embed)
+    tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
         name=model.name + (EMBED_SUFFIX if embed else ""), versions=versions,
-        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM, inputs=inputs, outputs=outputs)
+        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM,
+        inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs],
+        outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs])
+
+
+def _config_datatype(datatype: str) -> int:
+    """A protocol datatype as model_config.proto's enum (BYTES is TYPE_STRING there)."""
+    return config_pb.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
+def model_config(model: FewShotModel, embed: bool) -> pb.ModelConfigResponse:
+    """Triton's configuration of the v2 model: every version served, no batching across requests
+    (``max_batch_size`` 0, so ``dims`` are the whole shapes, the item count -1 as in ModelMetadata)."""
+    inputs, outputs = _tensors(model, embed)
+    return pb.ModelConfigResponse(config=config_pb.ModelConfig(
+        name=model.name + (EMBED_SUFFIX if embed else ""),
+        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM,
+        backend=EMBED_BACKEND if embed else "",
+        version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
+        max_batch_size=0,
+        input=[config_pb.ModelInput(name=t.name, data_type=_config_datatype(t.datatype), dims=t.shape)
+               for t in inputs],
+        output=[config_pb.ModelOutput(name=t.name, data_type=_config_datatype(t.datatype), dims=t.shape)
+                for t in outputs]))
+
+
+def _duration(duration: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=duration.count, ns=round(duration.seconds * 1e9))
+
+
+def model_statistics(entries: list[tuple[FewShotModel, bool, VersionStatistics]]) -> pb.ModelStatisticsResponse:
+    """One entry per (model version, v2 model): the few-shot model and ``.embed`` count their own calls."""
+    return pb.ModelStatisticsResponse(model_stats=[
+        pb.ModelStatistics(
+            name=model.name + (EMBED_SUFFIX if embed else ""), version=model.version,
+            last_inference=round(totals.last_inference * 1000), inference_count=totals.success.count,
+            execution_count=totals.executions,
+            inference_stats=pb.InferStatistics(
+                success=_duration(totals.success), fail=_duration(totals.fail), queue=_duration(totals.queue),
+                compute_input=_duration(totals.stages["decode"]), compute_infer=_duration(totals.stages["embed"]),
+                compute_output=_duration(totals.stages["head"])))
+        for model, embed, totals in entries])
+
+
+def repository_index(states: list[tuple[str, str, str]], ready_only: bool) -> pb.RepositoryIndexResponse:
+    """Both v2 models of every version folder: READY, or UNAVAILABLE with the reason it was refused."""
+    index = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(models=[
+        index(name=name + suffix, version=version, state="UNAVAILABLE" if reason else "READY", reason=reason)
+        for name, version, reason in states if not (ready_only and reason) for suffix in ("", EMBED_SUFFIX)])
 
 
 # -- inputs -------------------------------------------------------------------------------------
