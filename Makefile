@@ -1,13 +1,17 @@
 # metalearn: `make serve` and `make test` are all a fresh machine needs.
 # Everything lands in .venv at the repository root; nothing is installed globally
 # except, as root, the Debian packages of the real servers some tests start;
-# .venv-triton holds the Triton client that the KServe v2 test drives.
+# .venv-triton holds the Triton client that the KServe v2 test drives, .venv-perf Triton's perf_analyzer.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 TRITON_VENV := .venv-triton
 TRITONCLIENT_VERSION := 2.73.0
+# perf_analyzer: the last tritonclient wheel that bundles the binary; it loads libcudart.so.12 even on CPU.
+PERF_VENV := .venv-perf
+PERF_TRITONCLIENT_VERSION := 2.38.0
+CUDA_RUNTIME_VERSION := 12.9.79
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 LOCAL := ./protos ./client ./server
 
@@ -43,6 +47,10 @@ $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	@# The unmodified Triton client the KServe v2 test drives; its own venv, as it pins an older protobuf.
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[grpc]==$(TRITONCLIENT_VERSION)'
+	@# Triton's perf_analyzer, which a test runs against the server (it also needs Debian's libb64-0d: system-tools).
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[grpc]==$(PERF_TRITONCLIENT_VERSION)' \
+	  'nvidia-cuda-runtime-cu12==$(CUDA_RUNTIME_VERSION)' || echo "note: perf_analyzer not installed; its test will be skipped"
 	touch $@
 
 install: $(VENV)/.serving
@@ -52,11 +60,12 @@ dev: $(VENV)/.dev
 serve: install
 	$(BIN)/metalearn-server $(SERVE_ARGS)
 
-# The real servers some tests start: Prometheus (and promtool) and Redis, from Debian's packages.
+# The real servers some tests start: Prometheus (and promtool) and Redis, from Debian's packages,
+# and libb64-0d, which perf_analyzer links.
 system-tools:
-	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null; \
-	  else echo "note: prometheus or redis-server missing and not root; their tests will be skipped"; fi; }
+	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libb64.so.0d || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server libb64-0d >/dev/null; \
+	  else echo "note: prometheus, redis-server or libb64-0d missing and not root; their tests will be skipped"; fi; }
 
 test: dev system-tools
 	$(BIN)/pytest
@@ -83,4 +92,4 @@ soak: dev
 	$(BIN)/python -m metalearn.soak --minutes $(or $(SOAK_MINUTES),5)
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) protos/build client/build server/build build *.egg-info */*.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) $(PERF_VENV) protos/build client/build server/build build *.egg-info */*.egg-info

@@ -110,14 +110,14 @@ class Metrics:
             self.stage_latency.labels(stage, model).observe(seconds)
             cost = _inference.get()
             if cost is not None:
-                cost.stages[stage].add(seconds)
+                cost.stage_seconds[stage] += seconds
 
     def queued(self, seconds: float) -> None:
         """A request's wait for model-work slots."""
         self.queue_latency.observe(seconds)
         cost = _inference.get()
         if cost is not None:
-            cost.queue.add(seconds)
+            cost.queue_seconds += seconds
 
     @contextmanager
     def inference(self, model: str, version: str, kind: str) -> Iterator[None]:

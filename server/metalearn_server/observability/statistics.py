@@ -35,25 +35,31 @@ class Duration:
 class InferenceCost:
     """What one inference spent, gathered while it runs (its steps run one after another, never at once)."""
 
-    queue: Duration = field(default_factory=Duration)
-    stages: dict[str, Duration] = field(default_factory=lambda: {stage: Duration() for stage in STAGES})
+    queue_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
 
 @dataclass
 class VersionStatistics:
-    """Totals of one model version as one kind of inference; queue and stage times count successes only,
-    as Triton's do."""
+    """Totals of one model version as one kind of inference.
+
+    As in Triton for a model without batching, one successful request is one inference and one execution,
+    and the queue and compute totals cover successful requests only: each has as many as there are
+    successes (Triton's tools check that), with the request's time in every decode, backbone or head step
+    added up (a large request is embedded in several backbone calls; a backbone-only one has no head time).
+    """
 
     success: Duration = field(default_factory=Duration)
     fail: Duration = field(default_factory=Duration)
-    queue: Duration = field(default_factory=Duration)
-    stages: dict[str, Duration] = field(default_factory=lambda: {stage: Duration() for stage in STAGES})
+    queue_seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
     last_inference: float = 0.0  # seconds since the epoch; 0: never
 
-    @property
-    def executions(self) -> int:
-        """Backbone calls: a request larger than the model's batch is embedded in several."""
-        return self.stages["embed"].count
+    def queue(self) -> Duration:
+        return Duration(self.success.count, self.queue_seconds)
+
+    def stage(self, stage: str) -> Duration:
+        return Duration(self.success.count, self.stage_seconds[stage])
 
 
 class InferenceStatistics:
@@ -68,11 +74,9 @@ class InferenceStatistics:
             totals.fail.add(seconds)
             return
         totals.success.add(seconds)
-        totals.queue.count += cost.queue.count
-        totals.queue.seconds += cost.queue.seconds
-        for stage, spent in cost.stages.items():
-            totals.stages[stage].count += spent.count
-            totals.stages[stage].seconds += spent.seconds
+        totals.queue_seconds += cost.queue_seconds
+        for stage, spent in cost.stage_seconds.items():
+            totals.stage_seconds[stage] += spent
         totals.last_inference = time.time()
 
     def get(self, model: str, version: str, kind: str) -> VersionStatistics:

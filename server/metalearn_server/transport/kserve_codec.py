@@ -70,6 +70,10 @@ PARAMETERS = {
 }
 
 FEWSHOT_INPUTS = ("SUPPORT", "SUPPORT_LABELS", "QUERY")
+#: Parameters Triton's clients add on their own (perf_analyzer always does): asking a decoupled model for an
+#: empty last response.  metalearn's models answer once per request, so, as Triton does for such models, it is
+#: accepted and changes nothing.
+TRITON_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
 
 
 @dataclass(frozen=True)
@@ -146,16 +150,17 @@ def _duration(duration: Duration) -> pb.StatisticDuration:
 
 
 def model_statistics(entries: list[tuple[FewShotModel, bool, VersionStatistics]]) -> pb.ModelStatisticsResponse:
-    """One entry per (model version, v2 model): the few-shot model and ``.embed`` count their own calls."""
+    """One entry per (model version, v2 model): the few-shot model and ``.embed`` count their own calls.
+    Triton's compute stages are metalearn's decode (input), backbone (infer) and head (output)."""
     return pb.ModelStatisticsResponse(model_stats=[
         pb.ModelStatistics(
             name=model.name + (EMBED_SUFFIX if embed else ""), version=model.version,
             last_inference=round(totals.last_inference * 1000), inference_count=totals.success.count,
-            execution_count=totals.executions,
+            execution_count=totals.success.count,
             inference_stats=pb.InferStatistics(
-                success=_duration(totals.success), fail=_duration(totals.fail), queue=_duration(totals.queue),
-                compute_input=_duration(totals.stages["decode"]), compute_infer=_duration(totals.stages["embed"]),
-                compute_output=_duration(totals.stages["head"])))
+                success=_duration(totals.success), fail=_duration(totals.fail), queue=_duration(totals.queue()),
+                compute_input=_duration(totals.stage("decode")), compute_infer=_duration(totals.stage("embed")),
+                compute_output=_duration(totals.stage("head"))))
         for model, embed, totals in entries])
 
 
@@ -266,7 +271,7 @@ def _labels(value: np.ndarray | list[bytes]) -> tuple[str, ...]:
 
 def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[SupportRequest, QueryRequest]:
     """A v2 inference on a few-shot model, as the native Classify call it stands for."""
-    unknown = sorted(set(request.parameters) - set(PARAMETERS))
+    unknown = sorted(set(request.parameters) - set(PARAMETERS) - TRITON_PARAMETERS)
     if unknown:
         raise InvalidArgument(f"unknown parameter {excerpt(', '.join(unknown), quote=False)}; few-shot models take "
                               f"{', '.join(PARAMETERS)}")
@@ -287,9 +292,10 @@ def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[Su
 
 
 def embed_items(request: pb.ModelInferRequest) -> Items:
-    if request.parameters:
+    unknown = sorted(set(request.parameters) - TRITON_PARAMETERS)
+    if unknown:
         raise InvalidArgument(f"the backbone model takes no parameters; drop "
-                              f"{excerpt(', '.join(sorted(request.parameters)), quote=False)}")
+                              f"{excerpt(', '.join(unknown), quote=False)}")
     return _as_items(inputs(request, ("ITEMS",))["ITEMS"], "ITEMS")
 
 
