@@ -12,6 +12,12 @@ TRITONCLIENT_VERSION := 2.73.0
 PERF_VENV := .venv-perf
 PERF_TRITONCLIENT_VERSION := 2.38.0
 CUDA_RUNTIME_VERSION := 12.9.79
+# The benchmark's Triton peer (PyTriton bundles Triton Inference Server). Its Python backend stub links the
+# system's libpython3.11, so the venv must be that Python's (Debian's python3.11), not another 3.11 build.
+PEER_VENV := .venv-peer
+PEER_PYTHON ?= /usr/bin/python3.11
+PYTRITON_VERSION := 0.7.0
+ONNXRUNTIME_VERSION := 1.32.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 LOCAL := ./protos ./client ./server
 
@@ -51,6 +57,11 @@ $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	$(PYTHON) -m venv $(PERF_VENV)
 	$(PERF_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[grpc]==$(PERF_TRITONCLIENT_VERSION)' \
 	  'nvidia-cuda-runtime-cu12==$(CUDA_RUNTIME_VERSION)' || echo "note: perf_analyzer not installed; its test will be skipped"
+	@# The Triton peer of `make bench` and the tritonclient load that races it against metalearn.
+	@if [ -x $(PEER_PYTHON) ]; then $(PEER_PYTHON) -m venv $(PEER_VENV) && \
+	  $(PEER_VENV)/bin/python -m pip --disable-pip-version-check -q install 'nvidia-pytriton==$(PYTRITON_VERSION)' \
+	  'onnxruntime==$(ONNXRUNTIME_VERSION)' || echo "note: PyTriton not installed; the bench leaves the Triton peer out"; \
+	  else echo "note: $(PEER_PYTHON) missing; the bench leaves the Triton peer out"; fi
 	touch $@
 
 install: $(VENV)/.serving
@@ -81,7 +92,7 @@ model: dev
 eval: dev
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) $(EVAL_ARGS)
 
-# Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch);
+# Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch, Triton);
 # writes docs/benchmarks/cpu.{json,md}. 15 to 20 minutes on 2 cores for the default model.
 bench: dev
 	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
@@ -92,4 +103,4 @@ soak: dev
 	$(BIN)/python -m metalearn.soak --minutes $(or $(SOAK_MINUTES),5)
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) $(PERF_VENV) protos/build client/build server/build build *.egg-info */*.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) $(PERF_VENV) $(PEER_VENV) protos/build client/build server/build build *.egg-info */*.egg-info
