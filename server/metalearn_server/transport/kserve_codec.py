@@ -23,6 +23,9 @@ Request parameters carry what metalearn.v1 puts in fields: ``method`` and
 Model ``<name>.embed``: the backbone alone, platform ``onnxruntime_onnx``:
 ``ITEMS`` FP32 ``[n, *item shape]`` in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
 
+``ModelConfig`` describes both in Triton's terms: the same tensors (BYTES is ``TYPE_STRING``),
+``max_batch_size`` 0, every version served.  ``ModelStatistics`` reports each separately, per version.
+
 Tensor bytes come either as ``raw_input_contents`` (what tritonclient sends) or as
 typed ``contents``; answers always use ``raw_output_contents``.  Raw tensors
 are read with ``np.frombuffer``, without a copy, as in the native codec.
