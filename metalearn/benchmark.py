@@ -226,7 +226,8 @@ class TritonPeer:
         self.process = subprocess.Popen(
             [str(PEER_PYTHON), str(ROOT / "metalearn" / "peer_server.py"), str(version), "--model-name", name,
              "--distance", distance, "--grpc-port", str(self.port), "--http-port", str(free_port()),
-             "--metrics-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             "--metrics-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: Triton and the backend stub go with it
         with grpc.insecure_channel(self.target) as channel:
             stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
             for _ in range(1200):  # Triton, then the Python backend's stub, start in tens of seconds on 2 cores
@@ -246,11 +247,13 @@ class TritonPeer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        self.process.send_signal(signal.SIGINT)  # PyTriton stops Triton and its backend on SIGINT
+        # PyTriton stops Triton and its backend on SIGTERM (SIGINT may be ignored: a background shell's children
+        # inherit that); if it hangs, the whole group goes.
+        self.process.terminate()
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
-            self.process.kill()
+            os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
 
