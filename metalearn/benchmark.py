@@ -247,8 +247,8 @@ class TritonPeer:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        # PyTriton stops Triton and its backend on SIGTERM (SIGINT may be ignored: a background shell's children
-        # inherit that); if it hangs, the whole group goes.
+        # peer_server.py stops Triton and its backend and cleans PyTriton's workspace on SIGTERM; if it hangs,
+        # the whole group goes.
         self.process.terminate()
         try:
             self.process.wait(timeout=60)

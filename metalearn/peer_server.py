@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,10 @@ def main() -> None:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--metrics-port", type=int, required=True)
     args = parser.parse_args()
+    # PyTriton stops Triton and cleans its workspace when serve() is interrupted; make SIGTERM do that too, and
+    # SIGINT even where a background shell started this with it ignored.
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, signal.default_int_handler)
     model = ProtoNet(args.version, args.distance)
     item = (-1, *model.item_shape)
     with Triton(config=TritonConfig(grpc_address="127.0.0.1", http_address="127.0.0.1", grpc_port=args.grpc_port,
@@ -75,7 +80,10 @@ def main() -> None:
                             Tensor(name="QUERY", dtype=np.float32, shape=item)],
                     outputs=[Tensor(name="SCORES", dtype=np.float32, shape=(-1, -1))],
                     config=ModelConfig(batching=False))
-        triton.serve()
+        try:
+            triton.serve()
+        except KeyboardInterrupt:  # asked to stop; leaving the block stops Triton
+            pass
 
 
 if __name__ == "__main__":
