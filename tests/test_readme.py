@@ -29,7 +29,7 @@ def kserve_calls() -> dict[str, tuple[list[str], bool]]:
     """The README's table: v2 RPC → (tritonclient methods that use it, served today)."""
     names = r"((?:`\w+`(?:, )?)+)"
     calls = {}
-    for triton, rpcs, today in re.findall(rf"^\| {names} \| {names} \| (served|`UNIMPLEMENTED`) \|$", README, re.M):
+    for triton, rpcs, today in re.findall(rf"^\| {names} \| {names} \| (served|`UNIMPLEMENTED`) \|(?: [^|]*\|)?$", README, re.M):
         for rpc in re.findall(r"`(\w+)`", rpcs):
             calls[rpc] = (re.findall(r"`(\w+)`", triton), today == "served")
     assert calls, "the README's KServe table of calls is missing"

@@ -26,6 +26,7 @@ from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.preprocessing import PixelBudget, decode_images
 from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
+from metalearn_server.observability.statistics import CLASSIFY, EMBED, VersionStatistics
 from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
 from metalearn_server.scheduling.model_work import Job, ModelWork
 from metalearn_server.scheduling.task_store import Task, TaskStore
@@ -55,7 +56,7 @@ class DataPlane:
             try:
                 yield job
             finally:
-                self.metrics.queue_latency.observe(job.waited)
+                self.metrics.queued(job.waited)
 
     # -- models -------------------------------------------------------------------------
     def model(self, name: str, version: str) -> FewShotModel:
@@ -69,6 +70,24 @@ class DataPlane:
     def model_versions(self, model: FewShotModel) -> list[str]:
         entry = self.repository.models.get(model.name)  # None if a reload removed it meanwhile
         return entry.ordered_versions() if entry else [model.version]
+
+    def loaded(self, name: str = "", version: str = "") -> list[FewShotModel]:
+        """Every loaded version of the model (of every model if ``name`` is empty), or only ``version``."""
+        if version:
+            return [self.model(name, version)]
+        models = self.repository.models  # one snapshot: a reload replaces the dict whole
+        names = [self.model(name, "").name] if name else sorted(models)  # NotFound for a model not served
+        return [models[n].versions[v] for n in names if n in models for v in models[n].ordered_versions()]
+
+    def version_states(self) -> list[tuple[str, str, str]]:
+        """(model, version, why it is refused, or "" if it serves) for every version folder in the repository."""
+        states = {(model.name, model.version): "" for model in self.loaded()}
+        states.update({key: refusal.reason for key, refusal in self.repository.refused.items()})
+        return [(name, version, reason) for (name, version), reason in
+                sorted(states.items(), key=lambda item: (item[0][0], int(item[0][1])))]
+
+    def statistics(self, model: FewShotModel, kind: str) -> VersionStatistics:
+        return self.metrics.statistics.get(model.name, model.version, kind)
 
     # -- the pipeline's steps -----------------------------------------------------------
     async def _embed(self, job: Job, model: FewShotModel, *inputs: tuple[Items, str]) -> list[np.ndarray]:
@@ -137,9 +156,8 @@ class DataPlane:
         return Scores(np.concatenate([s.probabilities for s in scores]), np.concatenate([s.known for s in scores]))
 
     # -- RPCs ---------------------------------------------------------------------------
-    def _resolve(self, request: SupportRequest, rpc: str) -> tuple[FewShotModel, str, str, Adaptation,
-                                                                     tuple[str, ...], np.ndarray]:
-        model = self.model(request.model, request.model_version)
+    def _resolve(self, model: FewShotModel, request: SupportRequest, rpc: str) -> tuple[str, str, Adaptation,
+                                                                                         tuple[str, ...], np.ndarray]:
         method = validation.method(request.method, model)
         label_request(model.name, method)
         distance = validation.distance(request.distance, model)
@@ -148,7 +166,7 @@ class DataPlane:
         validation.tensor_spec(request.items, model, "support.items")
         classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
         self.metrics.support_items.labels(rpc).observe(request.items.count)
-        return model, method, distance, adaptation, classes, targets
+        return method, distance, adaptation, classes, targets
 
     def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, classes: tuple[str, ...],
                  rpc: str) -> tuple[int, float]:
@@ -164,33 +182,39 @@ class DataPlane:
         return top_k, validation.rejection_threshold(request.rejection_threshold, model, distance)
 
     async def classify(self, request: SupportRequest, queries: QueryRequest) -> Classification:
-        model, method, distance, adaptation, classes, targets = self._resolve(request, "Classify")
-        top_k, threshold = self._queries(queries, model, distance, classes, "Classify")
-        async with self._job(request.items, queries.items) as job:
-            support, query = await self._embed(job, model, (request.items, "support.items"), (queries.items, "queries"))
-            parts = model.score_batches(len(query), len(classes))
-            head, first = await job.run(self._head_and_score, model, support, targets, len(classes), method,
-                                        distance, adaptation, query, parts[0])
-            scores = await self._scores(job, model, query, head, parts, first)
+        model = self.model(request.model, request.model_version)
+        with self.metrics.inference(model.name, model.version, CLASSIFY):
+            method, distance, adaptation, classes, targets = self._resolve(model, request, "Classify")
+            top_k, threshold = self._queries(queries, model, distance, classes, "Classify")
+            async with self._job(request.items, queries.items) as job:
+                support, query = await self._embed(job, model, (request.items, "support.items"),
+                                                   (queries.items, "queries"))
+                parts = model.score_batches(len(query), len(classes))
+                head, first = await job.run(self._head_and_score, model, support, targets, len(classes), method,
+                                            distance, adaptation, query, parts[0])
+                scores = await self._scores(job, model, query, head, parts, first)
         return Classification(model.name, model.version, classes, scores.probabilities, scores.known, threshold,
                               method, distance, top_k)
 
     async def create_task(self, request: SupportRequest, ttl_seconds: int) -> Task:
-        model, method, distance, adaptation, classes, targets = self._resolve(request, "CreateTask")
-        validation.task_method(method)
-        async with self._job(request.items) as job:
-            (support,) = await self._embed(job, model, (request.items, "support.items"))
-            head = await job.run(self._head, model, support, targets, len(classes), method, distance, adaptation)
+        model = self.model(request.model, request.model_version)
+        with self.metrics.inference(model.name, model.version, CLASSIFY):
+            method, distance, adaptation, classes, targets = self._resolve(model, request, "CreateTask")
+            validation.task_method(method)
+            async with self._job(request.items) as job:
+                (support,) = await self._embed(job, model, (request.items, "support.items"))
+                head = await job.run(self._head, model, support, targets, len(classes), method, distance, adaptation)
         return await self.tasks.add(model, classes, head, method, distance, ttl_seconds)
 
     async def classify_task(self, task_id: str, queries: QueryRequest, rpc: str) -> Classification:
         task = await self.tasks.get(task_id)
         label_request(task.model.name, task.method)
-        top_k, threshold = self._queries(queries, task.model, task.distance, task.classes, rpc)
-        async with self._job(queries.items) as job:
-            (query,) = await self._embed(job, task.model, (queries.items, "queries"))
-            scores = await self._scores(job, task.model, query, task.head,
-                                        task.model.score_batches(len(query), len(task.classes)))
+        with self.metrics.inference(task.model.name, task.model.version, CLASSIFY):
+            top_k, threshold = self._queries(queries, task.model, task.distance, task.classes, rpc)
+            async with self._job(queries.items) as job:
+                (query,) = await self._embed(job, task.model, (queries.items, "queries"))
+                scores = await self._scores(job, task.model, query, task.head,
+                                            task.model.score_batches(len(query), len(task.classes)))
         return Classification(task.model.name, task.model.version, task.classes, scores.probabilities, scores.known,
                               threshold, task.method, task.distance, top_k)
 
@@ -199,14 +223,15 @@ class DataPlane:
 
     async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
         model = self.model(model_name, version)
-        validation.require_items(items, "items", self.limits.max_query_items, self.limits)
-        validation.tensor_spec(items, model, "items")
-        validation.response_fits(4 * items.count * model.config.embedding_size + validation.RESPONSE_OVERHEAD,
-                                 self.max_response_bytes,
-                                 f"{items.count} embeddings of {model.config.embedding_size} floats")
-        self.metrics.query_items.labels("Embed").observe(items.count)
-        async with self._job(items) as job:
-            (embeddings,) = await self._embed(job, model, (items, "items"))
+        with self.metrics.inference(model.name, model.version, EMBED):
+            validation.require_items(items, "items", self.limits.max_query_items, self.limits)
+            validation.tensor_spec(items, model, "items")
+            validation.response_fits(4 * items.count * model.config.embedding_size + validation.RESPONSE_OVERHEAD,
+                                     self.max_response_bytes,
+                                     f"{items.count} embeddings of {model.config.embedding_size} floats")
+            self.metrics.query_items.labels("Embed").observe(items.count)
+            async with self._job(items) as job:
+                (embeddings,) = await self._embed(job, model, (items, "items"))
         return model, embeddings
 
 

@@ -19,6 +19,7 @@ awaiting coroutine gives up, so cancelled work never overlaps the next step.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -72,7 +73,8 @@ class Job:
             except RuntimeError:  # the loop closed at shutdown; nobody waits for the slot any more
                 pass
 
-        future = self._work.executor.submit(self._in_thread, step, args)
+        # The step sees the caller's context (as with asyncio.to_thread): what it measures goes to its request.
+        future = self._work.executor.submit(contextvars.copy_context().run, self._in_thread, step, args)
         future.add_done_callback(done)
         try:
             return await asyncio.wrap_future(future)
