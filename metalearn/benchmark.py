@@ -70,7 +70,9 @@ CONCURRENCY = (1, 4, 16, 64)
 #: Each eager call holds its activations (about 0.5 GB for v3's rotation-ensemble 20-way episode), so 64 peer
 #: calls at once exhaust a 24 GiB machine; the peer stops at 16 (its ratio is taken at concurrency 1).
 PEER_MAX_CONCURRENCY = 16
-ROOT = Path(__file__).resolve().parents[1]
+#: The checkout the bench runs in (`make bench`, `make test`): where `make dev` builds the peer's venv and
+#: whose metalearn/ sources that venv runs (this module may be imported from an installed copy).
+ROOT = Path.cwd()
 #: PyTriton and tritonclient, in a venv of their own (`make dev`): they pin their own protobuf and NumPy.
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 
