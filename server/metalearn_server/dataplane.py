@@ -6,8 +6,9 @@ Everything that can be checked without a model is checked first, on the event
 loop, so a malformed request costs almost nothing.  The model work is then a
 :class:`~metalearn_server.scheduling.model_work.Job` of short steps: each
 chunk of items is decoded (or its values checked) and embedded in one step,
-the head is one more, and scoring many queries against many classes is split
-into steps of bounded work too.  Between steps the caller's fair turn, deadline and
+the head and the first queries' scores run in the last chunk's step (a small
+episode is one step), and scoring many queries against many classes goes on
+in steps of bounded work.  Between steps the caller's fair turn, deadline and
 cancellation are checked (:mod:`~metalearn_server.scheduling`), so a huge
 request neither starves small ones nor runs on for a caller who has gone, and
 no request holds more than one chunk of decoded input.
@@ -15,7 +16,8 @@ no request holds more than one chunk of decoded input.
 from __future__ import annotations
 
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, AsyncIterator, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, AsyncIterator, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -38,6 +40,7 @@ if TYPE_CHECKING:
 #: What one step of embedding works on: a slice of one of the request's inputs, its name for errors
 #: ("support.items", "queries"), and the index of its first item there.
 Piece = tuple[Items, str, int]
+T = TypeVar("T")
 
 
 class DataPlane:
@@ -90,15 +93,22 @@ class DataPlane:
         return self.metrics.statistics.get(model.name, model.version, kind)
 
     # -- the pipeline's steps -----------------------------------------------------------
-    async def _embed(self, job: Job, model: FewShotModel, *inputs: tuple[Items, str]) -> list[np.ndarray]:
+    async def _embed(self, job: Job, model: FewShotModel, *inputs: tuple[Items, str],
+                     then: Callable[..., T] | None = None) -> list[np.ndarray] | T:
         """Embed ``inputs`` (support, then queries) as one sequence, one backbone call per step, and split
-        the embeddings back per input."""
+        the embeddings back per input; with ``then``, ``then(*embeddings)`` runs in the last chunk's step
+        and is what returns, so a request of one chunk is one step."""
         pixels = PixelBudget(self.limits.max_request_pixels)
         counts = [items.count for items, _ in inputs]
-        chunks = [await job.run(self._embed_chunk, model, list(_pieces(inputs, part)), pixels)
-                  for part in model.batches(sum(counts))]
-        embeddings = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        return np.split(embeddings, np.cumsum(counts)[:-1])
+        parts = model.batches(sum(counts))
+        chunks = [await job.run(self._embed_chunk, model, list(_pieces(inputs, part)), pixels) for part in parts[:-1]]
+
+        def last() -> list[np.ndarray] | T:
+            chunks.append(self._embed_chunk(model, list(_pieces(inputs, parts[-1])), pixels))
+            embeddings = np.split(np.concatenate(chunks) if len(chunks) > 1 else chunks[0], np.cumsum(counts)[:-1])
+            return then(*embeddings) if then else embeddings
+
+        return await job.run(last)
 
     def _embed_chunk(self, model: FewShotModel, pieces: list[Piece], pixels: PixelBudget) -> np.ndarray:
         with self.metrics.stage("decode", model.name):
@@ -138,21 +148,20 @@ class DataPlane:
                                   "learning rate or l2, or send items preprocessed as GetModel says")
         return scores
 
-    def _head_and_score(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
-                        method: str, distance: str, adaptation: Adaptation, queries: np.ndarray,
-                        first: slice) -> tuple[Head, Scores]:
+    def _head_and_score(self, model: FewShotModel, targets: np.ndarray, classes: int, method: str, distance: str,
+                        adaptation: Adaptation, first: slice, support: np.ndarray,
+                        queries: np.ndarray) -> tuple[np.ndarray, Head, Scores]:
         """The head, and the ``first`` queries scored in the same step (all of them for a small episode)."""
         head = self._head(model, support, targets, classes, method, distance, adaptation, queries)
-        return head, self._score(model, queries[first], head)
+        return queries, head, self._score(model, queries[first], head)
 
     async def _scores(self, job: Job, model: FewShotModel, queries: np.ndarray, head: Head, parts: list[slice],
-                      first: Scores | None = None) -> Scores:
-        """The queries scored one part per step (see FewShotModel.score_batches); ``first``: the first part's,
-        already scored."""
-        scores = [first] if first is not None else []
-        scores += [await job.run(self._score, model, queries[part], head) for part in parts[len(scores):]]
+                      first: Scores) -> Scores:
+        """All the queries' scores: ``first``, the first part's, already scored with the embedding or the head,
+        then one part per step (see FewShotModel.score_batches)."""
+        scores = [first] + [await job.run(self._score, model, queries[part], head) for part in parts[1:]]
         if len(scores) == 1:
-            return scores[0]
+            return first
         return Scores(np.concatenate([s.probabilities for s in scores]), np.concatenate([s.known for s in scores]))
 
     # -- RPCs ---------------------------------------------------------------------------
@@ -187,11 +196,11 @@ class DataPlane:
             method, distance, adaptation, classes, targets = self._resolve(model, request, "Classify")
             top_k, threshold = self._queries(queries, model, distance, classes, "Classify")
             async with self._job(request.items, queries.items) as job:
-                support, query = await self._embed(job, model, (request.items, "support.items"),
-                                                   (queries.items, "queries"))
-                parts = model.score_batches(len(query), len(classes))
-                head, first = await job.run(self._head_and_score, model, support, targets, len(classes), method,
-                                            distance, adaptation, query, parts[0])
+                parts = model.score_batches(queries.items.count, len(classes))
+                query, head, first = await self._embed(
+                    job, model, (request.items, "support.items"), (queries.items, "queries"),
+                    then=partial(self._head_and_score, model, targets, len(classes), method, distance, adaptation,
+                                 parts[0]))
                 scores = await self._scores(job, model, query, head, parts, first)
         return Classification(model.name, model.version, classes, scores.probabilities, scores.known, threshold,
                               method, distance, top_k)
@@ -202,8 +211,8 @@ class DataPlane:
             method, distance, adaptation, classes, targets = self._resolve(model, request, "CreateTask")
             validation.task_method(method)
             async with self._job(request.items) as job:
-                (support,) = await self._embed(job, model, (request.items, "support.items"))
-                head = await job.run(self._head, model, support, targets, len(classes), method, distance, adaptation)
+                head = await self._embed(job, model, (request.items, "support.items"), then=lambda support: self._head(
+                    model, support, targets, len(classes), method, distance, adaptation))
         return await self.tasks.add(model, classes, head, method, distance, ttl_seconds)
 
     async def classify_task(self, task_id: str, queries: QueryRequest, rpc: str) -> Classification:
@@ -212,9 +221,10 @@ class DataPlane:
         with self.metrics.inference(task.model.name, task.model.version, CLASSIFY):
             top_k, threshold = self._queries(queries, task.model, task.distance, task.classes, rpc)
             async with self._job(queries.items) as job:
-                (query,) = await self._embed(job, task.model, (queries.items, "queries"))
-                scores = await self._scores(job, task.model, query, task.head,
-                                            task.model.score_batches(len(query), len(task.classes)))
+                parts = task.model.score_batches(queries.items.count, len(task.classes))
+                query, first = await self._embed(job, task.model, (queries.items, "queries"), then=lambda query: (
+                    query, self._score(task.model, query[parts[0]], task.head)))
+                scores = await self._scores(job, task.model, query, task.head, parts, first)
         return Classification(task.model.name, task.model.version, task.classes, scores.probabilities, scores.known,
                               threshold, task.method, task.distance, top_k)
 
