@@ -8,7 +8,8 @@ embeddings, squared euclidean distances to the class means, divided by a
 fixed temperature (distances between unit vectors lie in [0, 4], too flat a
 softmax otherwise).  The lower ``--frozen-layers`` run without gradients,
 which halves a step's cost on the CPU and keeps the pretrained lexical layers
-as they are.  Every ``--val-every`` episodes the encoder is scored by
+as they are.  ``--max-minutes`` ends the run early (after one more validation)
+on a shared machine; the model card records the episodes actually run.  Every ``--val-every`` episodes the encoder is scored by
 prototypes on 5-way 1-shot episodes of the validation domains (embeddings of
 each validation request computed once per check); the best state is kept in
 ``best.pt``.  Test domains are never read here.
@@ -38,12 +39,14 @@ class TextTrainConfig:
     ways: int = 10
     shots: int = 2
     queries: int = 3
+    same_domain: bool = False  # every episode's intents from one domain: neighbours to tell apart
     lr: float = 3e-5
     temperature: float = 0.1
     frozen_layers: int = 2
     max_tokens: int = 32
     val_every: int = 100
     val_episodes: int = 500
+    max_minutes: float = 0.0  # stop after the first validation past this much training time (0: no limit)
     seed: int = 0
     threads: int = 2
     data: str | None = None
@@ -80,7 +83,8 @@ def train(config: TextTrainConfig, out: Path) -> dict:
 
     optimiser = torch.optim.AdamW(encoder.trainable_parameters(), lr=config.lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.episodes)
-    sampler = clinc.TextEpisodeSampler(train_data, config.ways, config.shots, config.queries, seed=config.seed)
+    sampler = clinc.TextEpisodeSampler(train_data, config.ways, config.shots, config.queries, seed=config.seed,
+                                       same_domain=config.same_domain)
     history = [{"episode": 0, "val_5way_1shot": validate()}]
     best = history[0]["val_5way_1shot"]
     torch.save({"encoder": encoder.state_dict(), "config": asdict(config)}, out / "best.pt")
@@ -98,8 +102,9 @@ def train(config: TextTrainConfig, out: Path) -> dict:
         loss.backward()
         optimiser.step()
         schedule.step()
-        losses.append(float(loss))
-        if index % config.val_every == 0 or index == config.episodes:
+        losses.append(float(loss.detach()))
+        out_of_time = config.max_minutes and time.monotonic() - started > 60 * config.max_minutes
+        if index % config.val_every == 0 or index == config.episodes or out_of_time:
             accuracy = validate()
             history.append({"episode": index, "val_5way_1shot": accuracy, "train_loss": float(np.mean(losses)),
                             "seconds": round(time.monotonic() - started, 1)})
@@ -108,8 +113,11 @@ def train(config: TextTrainConfig, out: Path) -> dict:
             if accuracy > best:
                 best = accuracy
                 torch.save({"encoder": encoder.state_dict(), "config": asdict(config)}, out / "best.pt")
+            if out_of_time:
+                break
     summary = {"best_val_5way_1shot": best, "pretrained_val_5way_1shot": history[0]["val_5way_1shot"],
                "train_seconds": round(time.monotonic() - started, 1), "threads": config.threads,
+               "episodes_run": history[-1]["episode"],
                "history": history}
     checkpoint = torch.load(out / "best.pt", weights_only=False)
     torch.save({**checkpoint, "summary": summary}, out / "best.pt")
@@ -121,8 +129,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     for name, value in asdict(TextTrainConfig()).items():
-        kind = type(value) if value is not None else str
-        parser.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
+        flag = f"--{name.replace('_', '-')}"
+        if isinstance(value, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=value)
+        else:
+            parser.add_argument(flag, type=type(value) if value is not None else str, default=value)
     args = vars(parser.parse_args(argv))
     out = args.pop("out")
     print(json.dumps(train(TextTrainConfig(**args), out)))

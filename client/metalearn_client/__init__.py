@@ -1,5 +1,6 @@
 """Python client for the metalearn few-shot service.  Needs grpcio, protobuf and numpy only."""
 from metalearn_client.client import Classification, Client, Prediction, Task
 from metalearn_client.errors import MetalearnError
+from metalearn_client.items import Texts
 
-__all__ = ["Classification", "Client", "MetalearnError", "Prediction", "Task"]
+__all__ = ["Classification", "Client", "MetalearnError", "Prediction", "Task", "Texts"]

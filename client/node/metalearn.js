@@ -5,6 +5,9 @@
 //
 // request.json: {"support": {"shape": [...], "data": "<base64 float32 LE>"}, "labels": [...],
 //                "queries": {"shape": [...], "data": "<base64>"}, "method": "METHOD_PROTOTYPE"}
+// or, for a text model, {"model": "text-minilm", "support": {"texts": ["...", ...]}, "labels": [...],
+//                        "queries": {"texts": ["...", ...]}}
+// and optionally "rejection_threshold" (0: never answer unknown).
 // Prints one JSON object: health, models, and the Classify answer (classes, labels, scores).
 'use strict';
 
@@ -27,8 +30,10 @@ function call(client, method, request) {
   });
 }
 
-function tensor({ shape, data }) {
-  return { dtype: 'DATA_TYPE_FLOAT32', shape, data: Buffer.from(data, 'base64') };
+// Items: texts as they are, or a float32 tensor from its shape and base64 bytes.
+function items({ texts, shape, data }) {
+  if (texts) return { texts };
+  return { tensor: { dtype: 'DATA_TYPE_FLOAT32', shape, data: Buffer.from(data, 'base64') } };
 }
 
 async function main() {
@@ -41,9 +46,11 @@ async function main() {
   const status = await call(new health.Health(target, credentials), 'Check', { service: '' });
   const models = await call(new metalearn.ModelService(target, credentials), 'ListModels', {});
   const answer = await call(new metalearn.FewShotService(target, credentials), 'Classify', {
-    support: { items: { tensor: tensor(request.support) }, labels: request.labels },
-    queries: { tensor: tensor(request.queries) },
+    model: request.model || '',
+    support: { items: items(request.support), labels: request.labels },
+    queries: items(request.queries),
     method: request.method || 'METHOD_UNSPECIFIED',
+    ...(request.rejection_threshold === undefined ? {} : { rejection_threshold: request.rejection_threshold }),
   });
   process.stdout.write(JSON.stringify({
     health: status.status,
