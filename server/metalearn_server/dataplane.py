@@ -122,7 +122,7 @@ class DataPlane:
         label_request(model.name, method)
         distance = validation.distance(request.distance, model)
         adaptation = validation.adaptation(request.adaptation, method, model, self.limits)
-        validation.require_items(request.items, "support.items", self.limits.max_support_items, self.limits)
+        validation.require_items(request.items, "support.items", self.limits.max_support_items)
         validation.model_items(model, self.limits, (request.items, "support.items"))
         classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
         self.metrics.support_items.labels(rpc).observe(request.items.count)
@@ -131,7 +131,7 @@ class DataPlane:
     def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, classes: tuple[str, ...],
                  rpc: str) -> tuple[int, float]:
         """Check the query side, and that its answer can be sent; return the resolved top k and threshold."""
-        validation.require_items(request.items, "queries", self.limits.max_query_items, self.limits)
+        validation.require_items(request.items, "queries", self.limits.max_query_items)
         validation.model_items(model, self.limits, (request.items, "queries"))
         self.metrics.query_items.labels(rpc).observe(request.items.count)
         top_k = validation.top_k(request.top_k, self.limits)
@@ -175,7 +175,7 @@ class DataPlane:
 
     async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
         model = self.model(model_name, version)
-        validation.require_items(items, "items", self.limits.max_query_items, self.limits)
+        validation.require_items(items, "items", self.limits.max_query_items)
         validation.model_items(model, self.limits, (items, "items"))
         validation.response_fits(4 * items.count * model.config.embedding_size + validation.RESPONSE_OVERHEAD,
                                  self.max_response_bytes,

@@ -49,7 +49,7 @@ def dimensions(shape: tuple[int, ...], what: str) -> None:
                               f"and no tensor may have more than {MAX_DIMENSIONS}")
 
 
-def require_items(items: Items, what: str, limit: int, limits: Limits) -> None:
+def require_items(items: Items, what: str, limit: int) -> None:
     if items.count == 0:  # no tensor, images or texts, or a tensor with no rows (the v2 protocol allows shape [0, …])
         raise InvalidArgument(f"{what} is empty: send at least one item as a tensor, as encoded_images or as texts")
     if items.count > limit:

@@ -25,10 +25,6 @@ from metalearn_server.requests import Items, Piece
 if TYPE_CHECKING:
     from metalearn_server.validation import Limits
 
-#: What each ONNX input a text graph may take is filled with.
-TOKEN_FEEDS = ("input_ids", "attention_mask", "token_type_ids")
-
-
 def text_tokenizer(tokenizer_json: str, max_tokens: int) -> Tokenizer:
     """The tokenizer of ``tokenizer_json``, truncating to ``max_tokens`` and padding each batch to its
     longest text (with the padding token the file names, else ``[PAD]``)."""
