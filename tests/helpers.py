@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import grpc
 import numpy as np
 import pytest
 from PIL import Image
@@ -113,3 +114,15 @@ def eventually(check: Callable[[], object], seconds: float = 20.0) -> object:
         if time.monotonic() > deadline:
             raise AssertionError("condition not met in time")
         time.sleep(0.2)
+
+
+def status_of(call: Callable[[], object]) -> grpc.StatusCode:
+    """The gRPC status ``call`` ends with: OK, the code of the error it raised, or CANCELLED for a future
+    this side cancelled."""
+    try:
+        call()
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()
+    except grpc.FutureCancelledError:
+        return grpc.StatusCode.CANCELLED

@@ -3,25 +3,30 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import queue
 import statistics
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
 from metalearn.backbones import Conv4, RotationEnsemble
-from metalearn.benchmark import TARGETS, closed_loop, main, peer_backbone
+from metalearn.benchmark import (PEER_PYTHON, ROOT, SHAPES, TARGETS, ServerProcess, TritonPeer, closed_loop,
+                                 episode_arrays, main, peer_backbone, save_episode, tritonclient_load)
 from metalearn_server.execution.repository import BUNDLED_REPOSITORY, ModelRepository
 
 
 def test_quick_benchmark_writes_its_reports(tmp_path):
     main(["--quick", "--seconds", "0.3", "--warmup", "0.1", "--soak-requests", "50", "--out", str(tmp_path),
-          "--name", "smoke", "--version", "2"])
+          "--name", "smoke", "--version", "2", "--no-triton-peer"])
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert result["model"] == "omniglot-conv4 version 2"
-    assert set(result["ratios"]) == set(TARGETS)
+    assert set(result["ratios"]) == set(TARGETS) - {"metalearn_v2_p50_over_triton_c1",
+                                                     "metalearn_v2_throughput_c16_over_triton"}
     assert all(math.isfinite(value) for value in result["ratios"].values())
     systems = {(cell["system"], cell["concurrency"]) for cell in result["cells"]}
     assert {("limit", 1), ("metalearn", 16), ("peer", 1)} <= systems
@@ -72,3 +77,27 @@ def test_closed_loop_reads_a_saturated_servers_rate_at_any_concurrency():
     finally:
         waiting.put(None)
         server.join()
+
+
+def test_the_triton_peer_answers_what_metalearn_answers_through_the_same_client(tmp_path):
+    """The race is fair only if both servers compute the same thing: the Triton peer's scores for the episode are
+    metalearn's v2 endpoint's, both asked by the same tritonclient load; and that load measures either."""
+    if not PEER_PYTHON.exists():
+        pytest.skip(f"{PEER_PYTHON} is not installed (make dev installs PyTriton there where it can)")
+    model = ModelRepository(BUNDLED_REPOSITORY, ["CPUExecutionProvider"]).get()
+    episode = save_episode(episode_arrays(SHAPES[0]), tmp_path / "episode.npz")
+    server, peer = ServerProcess([]), TritonPeer(model.directory, model.name, model.config.default_distance)
+    try:
+        scores = {}
+        for name, target in (("metalearn", server.target), ("triton", peer.target)):
+            answer = subprocess.run([str(PEER_PYTHON), "-m", "metalearn.tritonclient_load", target, model.name,
+                                     str(episode), "--scores"], capture_output=True, text=True, check=True, cwd=ROOT,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+            scores[name] = np.array(json.loads(answer.stdout)["scores"])
+            loop = tritonclient_load(target, model.name, episode, 2, 0.3, 0.1)
+            assert loop.completed > 0 and loop.latencies
+        assert scores["metalearn"].shape == (5, 5)
+        np.testing.assert_allclose(scores["triton"], scores["metalearn"], rtol=1e-4, atol=1e-6)
+    finally:
+        server.stop()
+        peer.stop()

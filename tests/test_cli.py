@@ -5,7 +5,7 @@ import json
 import subprocess
 import sys
 
-from helpers import as_png, labels_of
+from helpers import as_png, free_port, labels_of
 
 
 def run_cli(server, *args: str) -> subprocess.CompletedProcess:
@@ -35,7 +35,8 @@ def test_classify_a_support_folder(server, episode, tmp_path):
     as_json = run_cli(server, "classify", "--support", str(support), "--method", "finetune", "--json", *queries)
     assert as_json.returncode == 0, as_json.stderr
     result = json.loads(as_json.stdout)
-    assert result["method"] == "finetune" and sorted(result["classes"]) == sorted(set(truth))
+    # Classes in sorted folder-name order (the README says so; the API's own order is first appearance).
+    assert result["method"] == "finetune" and result["classes"] == sorted(set(truth))
     for prediction in result["predictions"]:
         assert abs(sum(prediction["scores"].values()) - 1) < 1e-4
 
@@ -71,3 +72,37 @@ def test_errors_are_reported_with_their_code(server, tmp_path):
     result = run_cli(server, "classify", "--support", str(tmp_path / "only"), str(tmp_path / "only" / "one" / "a.png"))
     assert result.returncode == 2
     assert "INVALID_ARGUMENT" in result.stderr and "single class" in result.stderr
+
+
+def one_error_line(result: subprocess.CompletedProcess, status: int = 2) -> str:
+    """The CLI's only way to fail: exit ``status`` and one ``error: ...`` line, never a traceback."""
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == status and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def test_every_user_mistake_is_one_error_line(server, episode, tmp_path):
+    support = tmp_path / "letters"
+    for index, (image, label) in enumerate(zip(episode.support, labels_of(episode, episode.support_labels))):
+        (support / label).mkdir(parents=True, exist_ok=True)
+        (support / label / f"{index}.png").write_bytes(as_png(image))
+    missing = tmp_path / "no-such.png"
+    assert f"query file {missing} does not exist" in one_error_line(
+        run_cli(server, "classify", "--support", str(support), str(missing)))
+    assert "is a folder; give image files" in one_error_line(
+        run_cli(server, "classify", "--support", str(support), str(support)))
+    assert "is not a folder" in one_error_line(run_cli(server, "classify", "--support", str(missing), str(missing)))
+    (tmp_path / "empty").mkdir()
+    assert "has no <class>/<image>" in one_error_line(
+        run_cli(server, "classify", "--support", str(tmp_path / "empty"), str(missing)))
+    assert "required" in one_error_line(run_cli(server, "classify"))  # argparse's own errors too
+    assert "invalid choice" in one_error_line(run_cli(server, "clasify"))
+    unreadable = tmp_path / "ca.pem"  # a TLS file that is not there
+    assert f"cannot read {unreadable}" in one_error_line(run_cli(server, "--tls-ca", str(unreadable), "models"))
+
+
+def test_health_exits_1_with_nothing_listening(tmp_path):
+    """--help promises exit status 1 unless SERVING; before, nothing listening exited 2."""
+    nowhere = subprocess.run([sys.executable, "-m", "metalearn_client.cli", "--target", f"127.0.0.1:{free_port()}",
+                              "--timeout", "5", "health"], capture_output=True, text=True, timeout=60)
+    assert "check the address (host:port) and that the server is running" in one_error_line(nowhere, status=1)

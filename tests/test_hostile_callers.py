@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, tensor_pb2
 
-from helpers import start_server
+from helpers import start_server, status_of, stop_server
 from metalearn_client import Client, MetalearnError
 from test_metrics import scrape, value
 
@@ -57,11 +57,7 @@ def test_a_flood_of_maximal_requests_starves_no_one(tmp_path, maximal):
             while not stop.is_set():
                 call = classify.future(maximal, timeout=300)
                 calls.append(call)
-                try:
-                    call.result()
-                    codes.append(grpc.StatusCode.OK)
-                except grpc.RpcError as error:
-                    codes.append(error.code())
+                codes.append(status_of(call.result))
 
     flooders = [threading.Thread(target=flood) for _ in range(3)]
     for thread in flooders:
@@ -143,3 +139,23 @@ def test_the_grace_period_bounds_shutdown_with_a_long_request_in_flight(tmp_path
         with pytest.raises(grpc.RpcError):
             call.result(timeout=10)
     assert took < 6.0, took  # drain 1 + grace 1, and a moment to stop the work
+
+
+@pytest.mark.parametrize("method", ["prototype", "finetune"])
+def test_scoring_in_steps_answers_as_one_step(tmp_path, method):
+    """600 queries against 100 classes are scored in two steps (FewShotModel.score_batches); the answer
+    is the one the same queries get in two requests of one step each, known-scores included."""
+    support = RNG.standard_normal((200, 1, 28, 28)).astype(np.float32)
+    labels = [f"c{i % 100}" for i in range(200)]
+    queries = RNG.standard_normal((600, 1, 28, 28)).astype(np.float32)
+    server = start_server(tmp_path)
+    try:
+        with Client(server.target, timeout=120) as client:
+            whole = client.classify(support, labels, queries, method=method)
+            halves = [client.classify(support, labels, part, method=method) for part in (queries[:300], queries[300:])]
+    finally:
+        stop_server(server)
+    assert whole.scores.shape == (600, 100)
+    np.testing.assert_allclose(whole.scores, np.concatenate([h.scores for h in halves]), rtol=1e-5, atol=1e-6)
+    assert [p.known_score for p in whole.predictions] == pytest.approx([p.known_score for h in halves for p in h.predictions],
+                                                                 rel=1e-5)

@@ -43,3 +43,12 @@ def test_node_client_matches_python(server, client, episode, tmp_path):
     assert answer["method"] == "METHOD_FINETUNE"
     assert answer["classes"] == python.classes and answer["labels"] == python.labels
     np.testing.assert_allclose(np.array(answer["scores"]), python.scores, rtol=1e-6, atol=1e-7)
+
+
+def test_node_client_without_arguments_prints_its_usage():
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("Node.js not installed")
+    result = subprocess.run([node, str(NODE_CLIENT / "metalearn.js")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.startswith("usage: node metalearn.js HOST:PORT REQUEST.json")
+    assert '"support": {"shape"' in result.stderr and "Error" not in result.stderr

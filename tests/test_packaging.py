@@ -8,7 +8,7 @@ import pytest
 
 
 @pytest.mark.parametrize("module, forbidden", [
-    ("metalearn_client", ["torch", "onnxruntime", "metalearn_server"]),
+    ("metalearn_client", ["torch", "onnxruntime", "metalearn_server", "PIL"]),  # Pillow: load_images only
     ("metalearn_client.cli", ["torch", "onnxruntime", "PIL"]),
     ("metalearn_server.app", ["torch", "redis"]),  # redis only with --redis-url (the [redis] extra)
 ])

@@ -94,7 +94,7 @@ def test_tls(tmp_path, pki, mutual):
         stop_server(server)
 
 
-def refused_start(tmp_path: Path, *flags: str, env: dict[str, str] | None = None) -> str:
+def refused_start(tmp_path: Path, *flags: str, env: dict[str, str] | None = None, port: int = 0) -> str:
     """Start a server that must refuse to start: its one error line (exit status 2, no traceback)."""
     import os
     import sys
@@ -102,7 +102,7 @@ def refused_start(tmp_path: Path, *flags: str, env: dict[str, str] | None = None
     from helpers import free_port
 
     done = subprocess.run([sys.executable, "-m", "metalearn_server", "--host", "127.0.0.1", "--port",
-                           str(free_port()), "--metrics-port", "0", *flags], capture_output=True, text=True,
+                           str(port or free_port()), "--metrics-port", "0", *flags], capture_output=True, text=True,
                           timeout=120, env={**os.environ, **(env or {})})
     assert done.returncode == 2, done.stdout + done.stderr
     assert "Traceback" not in done.stderr
@@ -201,6 +201,28 @@ def test_startup_errors_name_their_cause(tmp_path, pki):
     assert "is not a folder (--model-repository)" in refused_start(tmp_path, "--model-repository",
                                                                    str(tmp_path / "nowhere"))
     assert "cannot be read" in refused_start(tmp_path, "--auth-tokens-file", str(tmp_path / "missing"))
+
+
+def test_a_second_server_on_a_taken_port_refuses_to_start(tmp_path):
+    """gRPC turns SO_REUSEPORT on by default: before, a second server on the port started silently and the
+    kernel split the connections between the two.  Now only servers that all ask (--reuse-port) share it."""
+    first = start_server(tmp_path)
+    try:
+        error = refused_start(tmp_path, port=first.port)
+        assert f"cannot start: cannot listen on 127.0.0.1:{first.port}" in error and "--reuse-port" in error
+        with Client(first.target) as client:
+            assert client.health() == "SERVING" and classify(client) == 1  # the first one never noticed
+    finally:
+        stop_server(first)
+    shared = start_server(tmp_path, "--reuse-port")
+    try:
+        second = start_server(tmp_path, "--reuse-port", port=shared.port)
+        try:
+            assert second.process.poll() is None and shared.process.poll() is None
+        finally:
+            stop_server(second)
+    finally:
+        stop_server(shared)
 
 
 def test_metrics_bind_where_grpc_does(tmp_path):

@@ -120,7 +120,7 @@ def test_cli_reads_text_folders_csv_and_json_lines(server, tmp_path):
         assert [line[0] for line in lines] == list(QUERIES) and [line[1] for line in lines] == list(QUERIES.values())
     (tmp_path / "bad.csv").write_text("question,topic\nwhat,fractions\n")
     result = run_cli(server, "classify-text", "--model", MODEL, "--support", str(tmp_path / "bad.csv"), "what")
-    assert result.returncode == 1 and "header text,label" in result.stderr
+    assert result.returncode == 2 and "header text,label" in result.stderr
     models = run_cli(server, "models")
     assert f"{MODEL}\tversions 1\tinput texts (up to 32 tokens" in models.stdout
 

@@ -9,8 +9,12 @@
 ``--support`` is a folder with one sub-folder per class, named by the class
 and holding that class's example images (PNG or JPEG), or for texts one
 ``.txt`` file per example: the layout a teacher or analyst already keeps.
-Texts can also come as a CSV file with a ``text,label`` header or a JSON Lines
-file of ``{"text": ..., "label": ...}`` objects.
+Classes are listed in sorted folder-name order. Texts can also come as a CSV
+file with a ``text,label`` header or a JSON Lines file of
+``{"text": ..., "label": ...}`` objects.
+
+Every error is one ``error: ...`` line on stderr and exit status 2; ``health``
+exits 1 whenever the answer is not SERVING, a server not reachable included.
 """
 from __future__ import annotations
 
@@ -32,18 +36,40 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 UNKNOWN = "(unknown)"
 
 
+class CommandError(Exception):
+    """What the user gave cannot work; the message says what to give instead."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors as the one ``error:`` line every other error is."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def read_support_folder(folder: Path) -> tuple[list[Path], list[str]]:
-    """Image paths and their labels from ``folder/<label>/<image>``."""
+    """Image paths and their labels from ``folder/<label>/<image>``, classes in sorted folder-name order
+    (the API itself orders classes by first appearance, so this order is the folder names')."""
     if not folder.is_dir():
-        raise SystemExit(f"--support {folder} is not a folder")
+        raise CommandError(f"--support {folder} is not a folder")
     paths, labels = [], []
     for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
         for image in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
             paths.append(image)
             labels.append(class_dir.name)
     if not paths:
-        raise SystemExit(f"--support {folder} has no <class>/<image>.png|.jpg files")
+        raise CommandError(f"--support {folder} has no <class>/<image>.png|.jpg files")
     return paths, labels
+
+
+def check_queries(queries: list[Path]) -> None:
+    """Each query must be a readable file: caught before any call, so no traceback and no wasted request."""
+    for path in queries:
+        if path.is_dir():
+            raise CommandError(f"query {path} is a folder; give image files (a folder of classes goes to --support)")
+        if not path.is_file():
+            raise CommandError(f"query file {path} does not exist")
 
 
 def read_labelled_texts(path: Path, need_labels: bool = True) -> tuple[list[str], list[str]]:
@@ -56,10 +82,10 @@ def read_labelled_texts(path: Path, need_labels: bool = True) -> tuple[list[str]
                 texts.append(example.read_text(encoding="utf-8").strip())
                 labels.append(class_dir.name)
         if not texts:
-            raise SystemExit(f"{path} has no <class>/<example>.txt files")
+            raise CommandError(f"{path} has no <class>/<example>.txt files")
         return texts, labels
     if not path.is_file():
-        raise SystemExit(f"{path} is neither a folder nor a file")
+        raise CommandError(f"{path} is neither a folder nor a file")
     suffix = path.suffix.lower()
     if suffix == ".txt" and not need_labels:
         lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
@@ -74,21 +100,22 @@ def read_labelled_texts(path: Path, need_labels: bool = True) -> tuple[list[str]
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as error:
-                    raise SystemExit(f"{path} line {number} is not JSON: {error}") from None
+                    raise CommandError(f"{path} line {number} is not JSON: {error}") from None
     else:
-        raise SystemExit(f"{path}: expected a folder, a .csv, a .jsonl{'' if need_labels else ' or a .txt'} file")
+        raise CommandError(f"{path}: expected a folder, a .csv, a .jsonl{'' if need_labels else ' or a .txt'} file")
     wanted = ("text", "label") if need_labels else ("text",)
     for number, row in enumerate(rows, 1):
         if not isinstance(row, dict) or any(not isinstance(row.get(key), str) for key in wanted):
-            raise SystemExit(f"{path} record {number} lacks {' and '.join(wanted)} (a CSV file needs the header "
-                             "text,label)")
+            raise CommandError(f"{path} record {number} lacks {' and '.join(wanted)} (a CSV file needs the header "
+                               "text,label)")
     if not rows:
-        raise SystemExit(f"{path} holds no records")
+        raise CommandError(f"{path} holds no records")
     return [row["text"] for row in rows], [row.get("label", "") for row in rows]
 
 
 def classify(client: Client, args: argparse.Namespace) -> None:
     paths, labels = read_support_folder(args.support)
+    check_queries(args.queries)
     result = client.classify(paths, labels, args.queries, model=args.model, version=args.model_version,
                              method=args.method, distance=args.distance, steps=args.steps,
                              learning_rate=args.learning_rate, top_k=args.top_k,
@@ -101,7 +128,7 @@ def classify_text(client: Client, args: argparse.Namespace) -> None:
     queries = list(args.queries) + (read_labelled_texts(args.queries_file, need_labels=False)[0]
                                     if args.queries_file else [])
     if not queries:
-        raise SystemExit("give query texts as arguments or with --queries-file")
+        raise CommandError("give query texts as arguments or with --queries-file")
     result = client.classify(Texts(texts), labels, Texts(queries), model=args.model, version=args.model_version,
                              method=args.method, distance=args.distance, steps=args.steps,
                              learning_rate=args.learning_rate, top_k=args.top_k,
@@ -149,9 +176,9 @@ def health(client: Client, args: argparse.Namespace) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="metalearn", description=__doc__,
-                                   epilog="A bearer token, if the server wants one, is read from METALEARN_TOKEN.",
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = Parser(prog="metalearn", description=__doc__,
+                  epilog="A bearer token, if the server wants one, is read from METALEARN_TOKEN.",
+                  formatter_class=argparse.RawDescriptionHelpFormatter)
     root.add_argument("--target", default=os.environ.get("METALEARN_TARGET", "localhost:50051"),
                       help="server address host:port [env METALEARN_TARGET] (default: %(default)s)")
     root.add_argument("--timeout", type=float, default=30.0, help="deadline per call in seconds (default: %(default)s)")
@@ -206,6 +233,13 @@ def main(argv: list[str] | None = None) -> None:
             args.handler(client, args)
     except MetalearnError as error:
         print(f"error: {error}", file=sys.stderr)
+        # A probe asks only "SERVING or not": nothing listening is "not", as --help promises.
+        raise SystemExit(1 if args.command == "health" else 2) from None
+    except CommandError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except OSError as error:  # a file that vanished or cannot be read (permissions), a TLS file among them
+        print(f"error: cannot read {error.filename}: {error.strerror}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

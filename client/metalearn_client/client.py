@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, model_pb2, model_pb2_grpc
 
 from metalearn_client.errors import MetalearnError
-from metalearn_client.items import ItemsLike, from_tensor, to_items
+from metalearn_client.items import ItemsLike, from_tensor, refuse_single, to_items, to_labels
 
 METHODS = {None: fewshot_pb2.METHOD_UNSPECIFIED, "prototype": fewshot_pb2.METHOD_PROTOTYPE,
            "finetune": fewshot_pb2.METHOD_FINETUNE, "transductive": fewshot_pb2.METHOD_TRANSDUCTIVE}
@@ -122,7 +122,7 @@ class Client:
         """``token``: a bearer token sent with every call.  ``tls``: connect over TLS, trusting
         ``tls_ca`` (PEM; default: the system's roots); ``tls_cert``/``tls_key``: this client's
         certificate for mutual TLS."""
-        self.timeout = timeout
+        self.timeout, self.target = timeout, target
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         options = [("grpc.max_receive_message_length", max_message_bytes),
                    ("grpc.max_send_message_length", max_message_bytes),
@@ -150,7 +150,7 @@ class Client:
         try:
             return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self._metadata)
         except grpc.RpcError as error:
-            raise MetalearnError.from_rpc_error(error, rpc) from None
+            raise MetalearnError.from_rpc_error(error, rpc, self.target) from None
 
     def classify(self, support: ItemsLike, labels: Sequence[str], queries: ItemsLike, *, model: str = "",
                  version: str = "", method: str | None = None, distance: str | None = None,
@@ -163,8 +163,8 @@ class Client:
         ``unknown`` (None: the model's default, 0: never)."""
         request = fewshot_pb2.ClassifyRequest(
             model=model, model_version=version,
-            support=fewshot_pb2.SupportSet(items=to_items(support), labels=list(labels)),
-            queries=to_items(queries), method=_enum(METHODS, method, "method"),
+            support=fewshot_pb2.SupportSet(items=to_items(support, "support"), labels=to_labels(labels)),
+            queries=to_items(queries, "queries"), method=_enum(METHODS, method, "method"),
             adaptation=_adaptation(steps, learning_rate, l2), distance=_enum(DISTANCES, distance, "distance"),
             top_k=top_k, rejection_threshold=rejection_threshold)
         response = self._call("Classify", self._fewshot.Classify, request, timeout)
@@ -179,7 +179,7 @@ class Client:
         """Register a support set once; classify against it with :meth:`classify_task` or :meth:`stream`."""
         request = fewshot_pb2.CreateTaskRequest(
             model=model, model_version=version,
-            support=fewshot_pb2.SupportSet(items=to_items(support), labels=list(labels)),
+            support=fewshot_pb2.SupportSet(items=to_items(support, "support"), labels=to_labels(labels)),
             method=_enum(METHODS, method, "method"), adaptation=_adaptation(steps, learning_rate, l2),
             distance=_enum(DISTANCES, distance, "distance"), ttl_seconds=ttl_seconds)
         response = self._call("CreateTask", self._fewshot.CreateTask, request, timeout)
@@ -189,23 +189,24 @@ class Client:
 
     def classify_task(self, task_id: str, queries: ItemsLike, *, top_k: int = 1,
                       rejection_threshold: float | None = None, timeout: float | None = None) -> Classification:
-        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries), top_k=top_k,
-                                                  rejection_threshold=rejection_threshold)
+        request = fewshot_pb2.ClassifyTaskRequest(task_id=task_id, queries=to_items(queries, "queries"),
+                                                  top_k=top_k, rejection_threshold=rejection_threshold)
         response = self._call("ClassifyTask", self._fewshot.ClassifyTask, request, timeout)
         return Classification(list(response.classes), _predictions(response.predictions))
 
     def stream(self, task_id: str, batches: Iterable[ItemsLike], *, top_k: int = 1,
                rejection_threshold: float | None = None, timeout: float | None = None) -> Iterator[Classification]:
         """Classify batches of queries over one bidirectional stream; yields one result per batch."""
-        requests = (fewshot_pb2.StreamClassifyTaskRequest(task_id=task_id, queries=to_items(batch), top_k=top_k,
-                                                          rejection_threshold=rejection_threshold)
+        refuse_single(batches, "batches", "[queries], one batch of queries each")
+        requests = (fewshot_pb2.StreamClassifyTaskRequest(task_id=task_id, queries=to_items(batch, "each batch"),
+                                                          top_k=top_k, rejection_threshold=rejection_threshold)
                     for batch in batches)
         try:
             for response in self._fewshot.StreamClassifyTask(requests, timeout=timeout or self.timeout,
                                                              metadata=self._metadata):
                 yield Classification(list(response.classes), _predictions(response.predictions))
         except grpc.RpcError as error:
-            raise MetalearnError.from_rpc_error(error, "StreamClassifyTask") from None
+            raise MetalearnError.from_rpc_error(error, "StreamClassifyTask", self.target) from None
 
     def delete_task(self, task_id: str, *, timeout: float | None = None) -> None:
         self._call("DeleteTask", self._fewshot.DeleteTask, fewshot_pb2.DeleteTaskRequest(task_id=task_id), timeout)

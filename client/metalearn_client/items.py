@@ -33,6 +33,9 @@ _DTYPES = {
     np.dtype("uint8"): tensor_pb2.DATA_TYPE_UINT8,
 }
 _NUMPY = {value: key for key, value in _DTYPES.items()}
+#: One of these where a sequence is expected is a caller's slip: iterating it would send one item per
+#: character (or per byte), so it is refused instead of guessed at.
+_SINGLE = (str, bytes, bytearray, os.PathLike)
 
 
 def to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:
@@ -48,11 +51,25 @@ def from_tensor(tensor: tensor_pb2.Tensor) -> np.ndarray:
     return np.frombuffer(tensor.data, dtype=_NUMPY[tensor.dtype].newbyteorder("<")).reshape(tuple(tensor.shape))
 
 
-def to_items(items: ItemsLike) -> tensor_pb2.Items:
+def refuse_single(value: object, what: str, example: str) -> None:
+    """A bare str, bytes or path given as ``what`` (a sequence) raises a TypeError saying how to wrap it."""
+    if isinstance(value, _SINGLE):
+        raise TypeError(f"{what} must be a sequence, not a single {type(value).__name__}: "
+                        f"wrap one in a list ({example})")
+
+
+def to_items(items: ItemsLike, what: str = "items") -> tensor_pb2.Items:
     """An array becomes a tensor, :class:`Texts` texts, and a sequence of paths or bytes encoded images."""
     if isinstance(items, np.ndarray):
         return tensor_pb2.Items(tensor=to_tensor(items))
     if isinstance(items, Texts):
         return tensor_pb2.Items(texts=list(items))
+    refuse_single(items, what, '["one.png"]')
     encoded = [source if isinstance(source, bytes) else Path(source).read_bytes() for source in items]
     return tensor_pb2.Items(encoded_images=encoded)
+
+
+def to_labels(labels: Sequence[str]) -> list[str]:
+    """Support labels as a list, one per support item."""
+    refuse_single(labels, "labels", '["a", "a", "b"], one per support item')
+    return list(labels)

@@ -1,14 +1,7 @@
 #!/usr/bin/env node
 // A metalearn client in Node.js, built from the same .proto files as every other client.
 //
-//   node metalearn.js HOST:PORT request.json
-//
-// request.json: {"support": {"shape": [...], "data": "<base64 float32 LE>"}, "labels": [...],
-//                "queries": {"shape": [...], "data": "<base64>"}, "method": "METHOD_PROTOTYPE"}
-// or, for a text model, {"model": "text-minilm", "support": {"texts": ["...", ...]}, "labels": [...],
-//                        "queries": {"texts": ["...", ...]}}
-// and optionally "rejection_threshold" (0: never answer unknown).
-// Prints one JSON object: health, models, and the Classify answer (classes, labels, scores).
+//   node metalearn.js HOST:PORT request.json     (without arguments: the usage below, and the request format)
 'use strict';
 
 const fs = require('fs');
@@ -36,8 +29,28 @@ function items({ texts, shape, data }) {
   return { tensor: { dtype: 'DATA_TYPE_FLOAT32', shape, data: Buffer.from(data, 'base64') } };
 }
 
+const USAGE = `usage: node metalearn.js HOST:PORT REQUEST.json
+
+Calls health, ListModels and Classify on the metalearn server at HOST:PORT and
+prints one JSON object: health, models, classes, labels, scores, method.
+
+REQUEST.json (float32 tensors as base64 of their little-endian bytes, the item count first in each shape):
+  {"support": {"shape": [10, 1, 28, 28], "data": "<base64>"},
+   "labels": ["a", "a", "b", ...],            one per support item
+   "queries": {"shape": [3, 1, 28, 28], "data": "<base64>"},
+   "method": "METHOD_PROTOTYPE"}              optional: METHOD_FINETUNE, METHOD_TRANSDUCTIVE
+For a text model, items are texts and the model is named:
+  {"model": "text-minilm", "support": {"texts": ["...", ...]}, "labels": [...],
+   "queries": {"texts": ["...", ...]}}
+Optional in either: "rejection_threshold" (0: never answer unknown).
+`;
+
 async function main() {
   const [target, requestFile] = process.argv.slice(2);
+  if (!target || !requestFile || target === '--help' || target === '-h') {
+    process.stderr.write(USAGE);
+    process.exit(2);
+  }
   const request = JSON.parse(fs.readFileSync(requestFile, 'utf8'));
   const metalearn = load(['metalearn/v1/fewshot.proto', 'metalearn/v1/model.proto'], [PROTOS]).metalearn.v1;
   const health = load('health.proto', [__dirname]).grpc.health.v1;

@@ -42,7 +42,7 @@ from metalearn_server.settings import Settings
 from metalearn_server.transport.auth import BearerTokenInterceptor, load_tokens, server_credentials
 from metalearn_server.transport.fewshot_servicer import FewShotServicer
 from metalearn_server.transport.interceptors import ServingInterceptor
-from metalearn_server.transport.kserve_servicer import KServeServicer
+from metalearn_server.transport.kserve_servicer import KServeServicer, server_version
 from metalearn_server.transport.model_servicer import ModelServicer
 
 log = logging.getLogger("metalearn_server")
@@ -141,7 +141,8 @@ def listen(server: grpc.aio.Server, settings: Settings) -> int:
         return server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError:  # gRPC says only "Failed to bind to address"
         raise StartupError(f"cannot listen on {address}: another process holds the port, or the address is not "
-                           "this machine's; choose another --port or --host") from None
+                           "this machine's; choose another --port or --host (or give --reuse-port to every server "
+                           "meant to share it)") from None
 
 
 def metrics_address(settings: Settings) -> str:
@@ -151,7 +152,7 @@ def metrics_address(settings: Settings) -> str:
 
 async def serve(settings: Settings) -> None:
     tokens = load_tokens(Path(settings.auth_tokens_file) if settings.auth_tokens_file else None, settings.auth_tokens)
-    metrics = Metrics()
+    metrics = Metrics(server_version())
     dataplane = build_dataplane(settings, metrics)
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if tokens:
@@ -159,7 +160,10 @@ async def serve(settings: Settings) -> None:
     server = grpc.aio.server(
         interceptors=[*interceptors, ServingInterceptor(metrics, dataplane.work.admission.check_message)],
         options=[("grpc.max_receive_message_length", settings.max_message_bytes),
-                 ("grpc.max_send_message_length", settings.max_message_bytes)],
+                 ("grpc.max_send_message_length", settings.max_message_bytes),
+                 # gRPC sets SO_REUSEPORT by default: a second server on the same port would start silently
+                 # and take half the connections, so sharing is asked for, never assumed.
+                 ("grpc.so_reuseport", int(settings.reuse_port))],
     )
     stop = asyncio.Event()
     fewshot_pb2_grpc.add_FewShotServiceServicer_to_server(FewShotServicer(dataplane), server)

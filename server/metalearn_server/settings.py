@@ -21,6 +21,7 @@ ENV_PREFIX = "METALEARN_"
 class Settings:
     host: str = "[::]"
     port: int = 50051
+    reuse_port: bool = False
     metrics_host: str = ""
     metrics_port: int = 8002
     model_repository: Path = BUNDLED_REPOSITORY
@@ -54,6 +55,8 @@ class Settings:
 HELP = {
     "host": "address to listen on for gRPC",
     "port": "gRPC port (0: pick a free one and log it)",
+    "reuse_port": "share --port with other processes that ask for it too (SO_REUSEPORT: the kernel splits "
+                  "connections among them); without it a port already taken refuses the start",
     "metrics_host": "address to serve metrics on (empty: the --host address); the endpoint has no authentication, "
                     "so keep it on an address only the scraper reaches (see the README's Metrics section)",
     "metrics_port": "Prometheus metrics port, plain text format at /metrics (0: no metrics endpoint); "
@@ -73,7 +76,7 @@ HELP = {
     "max_inflight_bytes": "bytes of the items of all requests running or waiting, as received, admitted the same way "
                           "(bounds the memory that waiting requests hold)",
     "batch_items": "items per backbone call: bigger inputs run in chunks of at most this many, each chunk a turn of the "
-                   "fair scheduler (0: 128 on the CPU provider, 1024 on a GPU)",
+                   "fair scheduler (0: 64 on the CPU provider, 1024 on a GPU)",
     "intra_op_threads": "ONNX Runtime threads inside one backbone call (0: ONNX Runtime's choice)",
     "max_message_bytes": "largest gRPC message accepted or sent; larger ones get RESOURCE_EXHAUSTED",
     "redis_url": "keep tasks in Redis (e.g. redis://localhost:6379/0, a database of metalearn's own) so that "

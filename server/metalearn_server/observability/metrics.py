@@ -5,6 +5,10 @@ eviction reason.  Never a task id, never a label a caller chooses freely.
 A request's model and method are only known once the data plane has resolved
 them, so the transport opens a :class:`RequestLabels` per call in a context
 variable and the data plane fills it in (:func:`label_request`).
+
+Each inference's queue wait and stage times also go into its model version's
+:class:`~metalearn_server.observability.statistics.InferenceStatistics` (what the
+KServe v2 ``ModelStatistics`` call answers), in the same call that observes them here.
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from typing import Callable, Iterator
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
                                ProcessCollector, disable_created_metrics, start_http_server)
+
+from metalearn_server.observability.statistics import InferenceCost, InferenceStatistics
 
 # `*_created` timestamps double the exposition and no dashboard here reads them.
 disable_created_metrics()
@@ -34,6 +40,8 @@ class RequestLabels:
 
 
 _current: contextvars.ContextVar[RequestLabels | None] = contextvars.ContextVar("request_labels", default=None)
+#: The inference being served, if any; model-work threads see it too (scheduling.model_work copies the context).
+_inference: contextvars.ContextVar[InferenceCost | None] = contextvars.ContextVar("inference_cost", default=None)
 
 
 def label_request(model: str, method: str = "") -> None:
@@ -46,7 +54,9 @@ def label_request(model: str, method: str = "") -> None:
 class Metrics:
     """Every metric of the server, on a registry of its own."""
 
-    def __init__(self) -> None:
+    def __init__(self, version: str = "") -> None:
+        """``version``: the server's, on ``metalearn_build_info``."""
+        self.statistics = InferenceStatistics()
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -77,6 +87,13 @@ class Metrics:
         self.model_load_failures = Counter(
             "metalearn_model_load_failures", "Model versions refused at load (bad config or graphs).", ["model"],
             registry=r)
+        # A series of the project's own on every metalearn target: dashboards and alerts select targets by it
+        # (``… and on(job, instance) metalearn_build_info``, ``absent(metalearn_build_info)``), never by a scrape
+        # job name that each Prometheus set-up chooses.  A gauge, not the OpenMetrics info type, which
+        # promtool's check of the text format refuses.
+        self.build_info = Gauge("metalearn_build_info", "The metalearn server answering here (always 1).",
+                                ["version"], registry=r)
+        self.build_info.labels(version).set(1)
         self.model_info = Gauge(
             "metalearn_model_info", "Loaded model versions (always 1) with the execution provider in use.",
             ["model", "version", "provider"], registry=r)
@@ -97,7 +114,32 @@ class Metrics:
         try:
             yield
         finally:
-            self.stage_latency.labels(stage, model).observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            self.stage_latency.labels(stage, model).observe(seconds)
+            cost = _inference.get()
+            if cost is not None:
+                cost.stage_seconds[stage] += seconds
+
+    def queued(self, seconds: float) -> None:
+        """A request's wait for model-work slots."""
+        self.queue_latency.observe(seconds)
+        cost = _inference.get()
+        if cost is not None:
+            cost.queue_seconds += seconds
+
+    @contextmanager
+    def inference(self, model: str, version: str, kind: str) -> Iterator[None]:
+        """Count the enclosed work as one inference of ``kind`` on the model version: a success if it returns,
+        a failure if it raises (bad input, deadline, cancellation)."""
+        cost = InferenceCost()
+        token = _inference.set(cost)
+        started, ok = time.perf_counter(), False
+        try:
+            yield
+            ok = True
+        finally:
+            _inference.reset(token)
+            self.statistics.record(model, version, kind, time.perf_counter() - started, cost, ok)
 
     @contextmanager
     def request(self, rpc: str) -> Iterator[RequestLabels]:

@@ -24,6 +24,9 @@ Request parameters carry what metalearn.v1 puts in fields: ``method`` and
 Model ``<name>.embed``: the backbone alone, platform ``onnxruntime_onnx``:
 ``ITEMS`` FP32 ``[n, *item shape]`` (BYTES ``[n]`` for a text model) in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
 
+``ModelConfig`` describes both in Triton's terms: the same tensors (BYTES is ``TYPE_STRING``),
+``max_batch_size`` 0, every version served.  ``ModelStatistics`` reports each separately, per version.
+
 Tensor bytes come either as ``raw_input_contents`` (what tritonclient sends) or as
 typed ``contents``; answers always use ``raw_output_contents``.  Raw tensors
 are read with ``np.frombuffer``, without a copy, as in the native codec.
@@ -36,15 +39,18 @@ from dataclasses import dataclass
 
 import numpy as np
 from metalearn.kserve.v2 import grpc_service_pb2 as pb
+from metalearn.kserve.v2 import model_config_pb2 as config_pb
 
 from metalearn_server import validation
 from metalearn_server.errors import InvalidArgument, excerpt
 from metalearn_server.execution.model import FewShotModel
+from metalearn_server.observability.statistics import Duration, VersionStatistics
 from metalearn_server.requests import AdaptationRequest, Classification, Items, QueryRequest, SupportRequest
 
 EMBED_SUFFIX = ".embed"
 FEWSHOT_PLATFORM = "metalearn_fewshot"
 EMBED_PLATFORM = "onnxruntime_onnx"
+EMBED_BACKEND = "onnxruntime"
 
 #: Protocol datatypes of numeric tensors, little-endian as the protocol requires.
 NUMERIC = {
@@ -68,6 +74,19 @@ PARAMETERS = {
 }
 
 FEWSHOT_INPUTS = ("SUPPORT", "SUPPORT_LABELS", "QUERY")
+#: Parameters Triton's clients add on their own (perf_analyzer always does): asking a decoupled model for an
+#: empty last response.  metalearn's models answer once per request, so, as Triton does for such models, it is
+#: accepted and changes nothing.
+TRITON_PARAMETERS = frozenset({"triton_enable_empty_final_response"})
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One input or output of a v2 model, as its metadata shows it (-1: any size)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -87,27 +106,77 @@ def split_model_name(name: str) -> tuple[str, bool]:
 
 
 # -- metadata -----------------------------------------------------------------------------------
-def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
+def _tensors(model: FewShotModel, embed: bool) -> tuple[list[Tensor], list[Tensor]]:
+    """The inputs and outputs of the v2 model, which ModelMetadata and ModelConfig both describe."""
     if model.config.kind == "text":
-        item, datatype = [-1], "BYTES"
+        item, datatype = (-1,), "BYTES"
     else:
-        item = [-1, *model.config.input_shape]
+        item = (-1, *model.config.input_shape)
         datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
-    tensor = pb.ModelMetadataResponse.TensorMetadata
     if embed:
-        inputs = [tensor(name="ITEMS", datatype=datatype, shape=item)]
-        outputs = [tensor(name="EMBEDDINGS", datatype="FP32", shape=[-1, model.config.embedding_size])]
-    else:
-        inputs = [tensor(name="SUPPORT", datatype=datatype, shape=item),
-                  tensor(name="SUPPORT_LABELS", datatype="BYTES", shape=[-1]),
-                  tensor(name="QUERY", datatype=datatype, shape=item)]
-        outputs = [tensor(name="SCORES", datatype="FP32", shape=[-1, -1]),
-                   tensor(name="CLASSES", datatype="BYTES", shape=[-1]),
-                   tensor(name="LABELS", datatype="BYTES", shape=[-1]),
-                   tensor(name="KNOWN_SCORE", datatype="FP32", shape=[-1])]
+        return [Tensor("ITEMS", datatype, item)], [Tensor("EMBEDDINGS", "FP32", (-1, model.config.embedding_size))]
+    return ([Tensor("SUPPORT", datatype, item), Tensor("SUPPORT_LABELS", "BYTES", (-1,)),
+             Tensor("QUERY", datatype, item)],
+            [Tensor("SCORES", "FP32", (-1, -1)), Tensor("CLASSES", "BYTES", (-1,)), Tensor("LABELS", "BYTES", (-1,)),
+             Tensor("KNOWN_SCORE", "FP32", (-1,))])
+
+
+def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
+    inputs, outputs = _tensors(model, embed)
+    tensor = pb.ModelMetadataResponse.TensorMetadata
     return pb.ModelMetadataResponse(
         name=model.name + (EMBED_SUFFIX if embed else ""), versions=versions,
-        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM, inputs=inputs, outputs=outputs)
+        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM,
+        inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in inputs],
+        outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in outputs])
+
+
+def _config_datatype(datatype: str) -> int:
+    """A protocol datatype as model_config.proto's enum (BYTES is TYPE_STRING there)."""
+    return config_pb.DataType.Value("TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}")
+
+
+def model_config(model: FewShotModel, embed: bool) -> pb.ModelConfigResponse:
+    """Triton's configuration of the v2 model: every version served, no batching across requests
+    (``max_batch_size`` 0, so ``dims`` are the whole shapes, the item count -1 as in ModelMetadata)."""
+    inputs, outputs = _tensors(model, embed)
+    return pb.ModelConfigResponse(config=config_pb.ModelConfig(
+        name=model.name + (EMBED_SUFFIX if embed else ""),
+        platform=EMBED_PLATFORM if embed else FEWSHOT_PLATFORM,
+        backend=EMBED_BACKEND if embed else "",
+        version_policy=config_pb.ModelVersionPolicy(all=config_pb.ModelVersionPolicy.All()),
+        max_batch_size=0,
+        input=[config_pb.ModelInput(name=t.name, data_type=_config_datatype(t.datatype), dims=t.shape)
+               for t in inputs],
+        output=[config_pb.ModelOutput(name=t.name, data_type=_config_datatype(t.datatype), dims=t.shape)
+                for t in outputs]))
+
+
+def _duration(duration: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=duration.count, ns=round(duration.seconds * 1e9))
+
+
+def model_statistics(entries: list[tuple[FewShotModel, bool, VersionStatistics]]) -> pb.ModelStatisticsResponse:
+    """One entry per (model version, v2 model): the few-shot model and ``.embed`` count their own calls.
+    Triton's compute stages are metalearn's decode (input), backbone (infer) and head (output)."""
+    return pb.ModelStatisticsResponse(model_stats=[
+        pb.ModelStatistics(
+            name=model.name + (EMBED_SUFFIX if embed else ""), version=model.version,
+            last_inference=round(totals.last_inference * 1000), inference_count=totals.success.count,
+            execution_count=totals.success.count,
+            inference_stats=pb.InferStatistics(
+                success=_duration(totals.success), fail=_duration(totals.fail), queue=_duration(totals.queue()),
+                compute_input=_duration(totals.stage("decode")), compute_infer=_duration(totals.stage("embed")),
+                compute_output=_duration(totals.stage("head"))))
+        for model, embed, totals in entries])
+
+
+def repository_index(states: list[tuple[str, str, str]], ready_only: bool) -> pb.RepositoryIndexResponse:
+    """Both v2 models of every version folder: READY, or UNAVAILABLE with the reason it was refused."""
+    index = pb.RepositoryIndexResponse.ModelIndex
+    return pb.RepositoryIndexResponse(models=[
+        index(name=name + suffix, version=version, state="UNAVAILABLE" if reason else "READY", reason=reason)
+        for name, version, reason in states if not (ready_only and reason) for suffix in ("", EMBED_SUFFIX)])
 
 
 # -- inputs -------------------------------------------------------------------------------------
@@ -222,7 +291,7 @@ def _labels(value: np.ndarray | list[bytes]) -> tuple[str, ...]:
 
 def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[SupportRequest, QueryRequest]:
     """A v2 inference on a few-shot model, as the native Classify call it stands for."""
-    unknown = sorted(set(request.parameters) - set(PARAMETERS))
+    unknown = sorted(set(request.parameters) - set(PARAMETERS) - TRITON_PARAMETERS)
     if unknown:
         raise InvalidArgument(f"unknown parameter {excerpt(', '.join(unknown), quote=False)}; few-shot models take "
                               f"{', '.join(PARAMETERS)}")
@@ -243,9 +312,10 @@ def classify_request(request: pb.ModelInferRequest, model_name: str) -> tuple[Su
 
 
 def embed_items(request: pb.ModelInferRequest) -> Items:
-    if request.parameters:
+    unknown = sorted(set(request.parameters) - TRITON_PARAMETERS)
+    if unknown:
         raise InvalidArgument(f"the backbone model takes no parameters; drop "
-                              f"{excerpt(', '.join(sorted(request.parameters)), quote=False)}")
+                              f"{excerpt(', '.join(unknown), quote=False)}")
     return _as_items(inputs(request, ("ITEMS",))["ITEMS"], "ITEMS")
 
 
