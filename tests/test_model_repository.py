@@ -141,3 +141,32 @@ def test_a_refusal_is_kept_until_the_files_change_or_go(tmp_path, bundled_versio
     shutil.rmtree(tmp_path / "model" / "3")
     repository.refresh()
     assert not repository.refused
+
+
+@pytest.mark.parametrize("breakage, reason", [
+    (lambda c: c["input"].__setitem__("feeds", ["input_ids", "attention_mask", "token_type_ids"]),
+     "config.json's input.feeds says ['input_ids', 'attention_mask', 'token_type_ids']"),
+    (lambda c: c.__setitem__("embedding_size", 768), "embedding_size says 768"),
+])
+def test_text_versions_pass_the_self_check_on_a_synthetic_text_episode(tmp_path, breakage, reason):
+    """The bundled text model passes the self-check (texts of vocabulary words, every method and distance);
+    a config whose feeds or embedding size are not its graph's is refused."""
+    text_version = BUNDLED_REPOSITORY / "text-minilm" / "1"
+    copy_version(text_version, tmp_path, "text", "1")
+    _edit(copy_version(text_version, tmp_path, "text", "2"), breakage)
+    repository = ModelRepository(tmp_path, CPU)
+    assert repository.get("text").version == "1" and repository.get("text").config.kind == "text"
+    assert reason in repository.refused[("text", "2")].reason
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["input"].__setitem__("kind", "audio"), "input.kind: 'audio' is not one of ('image', 'text')"),
+    (lambda c: c["input"].__setitem__("feeds", ["attention_mask"]), "including 'input_ids'"),
+    (lambda c: c["input"].__setitem__("max_tokens", 1), "input.max_tokens: 1 must be within 3 to 4096"),
+    (lambda c: c["input"].pop("tokenizer"), "input: missing 'tokenizer'"),
+])
+def test_text_config_fields_are_checked(change, message):
+    raw = json.loads((BUNDLED_REPOSITORY / "text-minilm" / "1" / "config.json").read_text())
+    change(raw)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        ModelConfig.from_dict(raw)

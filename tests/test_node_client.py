@@ -38,7 +38,8 @@ def test_node_client_matches_python(server, client, episode, tmp_path):
     answer = json.loads(result.stdout)
     python = client.classify(support, labels, queries, method="finetune")
     assert answer["health"] == "SERVING"
-    assert answer["models"] == [{"name": "omniglot-conv4", "versions": ["1", "2", "3", "4", "5"]}]
+    assert answer["models"] == [{"name": "omniglot-conv4", "versions": ["1", "2", "3", "4", "5"]},
+                                {"name": "text-minilm", "versions": ["1"]}]
     assert answer["method"] == "METHOD_FINETUNE"
     assert answer["classes"] == python.classes and answer["labels"] == python.labels
     np.testing.assert_allclose(np.array(answer["scores"]), python.scores, rtol=1e-6, atol=1e-7)

@@ -3,5 +3,6 @@
 from metalearn_client.client import Classification, Client, Prediction, Task
 from metalearn_client.errors import MetalearnError
 from metalearn_client.images import load_images
+from metalearn_client.items import Texts
 
-__all__ = ["Classification", "Client", "MetalearnError", "Prediction", "Task", "load_images"]
+__all__ = ["Classification", "Client", "MetalearnError", "Prediction", "Task", "Texts", "load_images"]

@@ -1,4 +1,4 @@
-"""Building ``Items`` from what a caller has: NumPy arrays, image files or image bytes."""
+"""Building ``Items`` from what a caller has: NumPy arrays, image files or image bytes, or texts."""
 from __future__ import annotations
 
 import os
@@ -10,8 +10,21 @@ from metalearn.v1 import tensor_pb2
 
 #: An image file's path or its bytes.
 ImageSource = Union[str, os.PathLike, bytes]
+
+
+class Texts(tuple):
+    """Items that are texts, for a text model: ``Texts(["how do I reset my password", ...])``.
+
+    A plain sequence of strings means image paths, so texts say what they are."""
+
+    def __new__(cls, texts: Sequence[str]) -> "Texts":
+        if isinstance(texts, str):
+            raise TypeError("Texts takes a sequence of strings, one per item, not a single string")
+        return super().__new__(cls, texts)
+
+
 #: What the API accepts as a batch of items.
-ItemsLike = Union[np.ndarray, Sequence[ImageSource]]
+ItemsLike = Union[np.ndarray, Texts, Sequence[ImageSource]]
 
 _DTYPES = {
     np.dtype("float32"): tensor_pb2.DATA_TYPE_FLOAT32,
@@ -46,9 +59,11 @@ def refuse_single(value: object, what: str, example: str) -> None:
 
 
 def to_items(items: ItemsLike, what: str = "items") -> tensor_pb2.Items:
-    """An array becomes a tensor; a sequence of paths or bytes becomes encoded images."""
+    """An array becomes a tensor, :class:`Texts` texts, and a sequence of paths or bytes encoded images."""
     if isinstance(items, np.ndarray):
         return tensor_pb2.Items(tensor=to_tensor(items))
+    if isinstance(items, Texts):
+        return tensor_pb2.Items(texts=list(items))
     refuse_single(items, what, '["one.png"]')
     encoded = [source if isinstance(source, bytes) else Path(source).read_bytes() for source in items]
     return tensor_pb2.Items(encoded_images=encoded)

@@ -23,8 +23,10 @@ function call(client, method, request) {
   });
 }
 
-function tensor({ shape, data }) {
-  return { dtype: 'DATA_TYPE_FLOAT32', shape, data: Buffer.from(data, 'base64') };
+// Items: texts as they are, or a float32 tensor from its shape and base64 bytes.
+function items({ texts, shape, data }) {
+  if (texts) return { texts };
+  return { tensor: { dtype: 'DATA_TYPE_FLOAT32', shape, data: Buffer.from(data, 'base64') } };
 }
 
 const USAGE = `usage: node metalearn.js HOST:PORT REQUEST.json
@@ -37,6 +39,10 @@ REQUEST.json (float32 tensors as base64 of their little-endian bytes, the item c
    "labels": ["a", "a", "b", ...],            one per support item
    "queries": {"shape": [3, 1, 28, 28], "data": "<base64>"},
    "method": "METHOD_PROTOTYPE"}              optional: METHOD_FINETUNE, METHOD_TRANSDUCTIVE
+For a text model, items are texts and the model is named:
+  {"model": "text-minilm", "support": {"texts": ["...", ...]}, "labels": [...],
+   "queries": {"texts": ["...", ...]}}
+Optional in either: "rejection_threshold" (0: never answer unknown).
 `;
 
 async function main() {
@@ -53,9 +59,11 @@ async function main() {
   const status = await call(new health.Health(target, credentials), 'Check', { service: '' });
   const models = await call(new metalearn.ModelService(target, credentials), 'ListModels', {});
   const answer = await call(new metalearn.FewShotService(target, credentials), 'Classify', {
-    support: { items: { tensor: tensor(request.support) }, labels: request.labels },
-    queries: { tensor: tensor(request.queries) },
+    model: request.model || '',
+    support: { items: items(request.support), labels: request.labels },
+    queries: items(request.queries),
     method: request.method || 'METHOD_UNSPECIFIED',
+    ...(request.rejection_threshold === undefined ? {} : { rejection_threshold: request.rejection_threshold }),
   });
   process.stdout.write(JSON.stringify({
     health: status.status,

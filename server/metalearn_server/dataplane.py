@@ -23,13 +23,13 @@ import numpy as np
 
 from metalearn_server import validation
 from metalearn_server.errors import InvalidArgument
+from metalearn_server.execution.item_input import require_kind
 from metalearn_server.execution.model import FewShotModel, Head, Scores
 from metalearn_server.execution.model_config import Adaptation
-from metalearn_server.execution.preprocessing import PixelBudget, decode_images
 from metalearn_server.execution.repository import ModelEntry, ModelRepository
 from metalearn_server.observability.metrics import Metrics, label_request
 from metalearn_server.observability.statistics import CLASSIFY, EMBED, VersionStatistics
-from metalearn_server.requests import Classification, Items, QueryRequest, SupportRequest
+from metalearn_server.requests import Classification, Items, Piece, QueryRequest, SupportRequest
 from metalearn_server.scheduling.model_work import Job, ModelWork
 from metalearn_server.scheduling.task_store import Task, TaskStore
 from metalearn_server.validation import Limits
@@ -37,9 +37,6 @@ from metalearn_server.validation import Limits
 if TYPE_CHECKING:
     from metalearn_server.scheduling.redis_task_store import RedisTaskStore
 
-#: What one step of embedding works on: a slice of one of the request's inputs, its name for errors
-#: ("support.items", "queries"), and the index of its first item there.
-Piece = tuple[Items, str, int]
 T = TypeVar("T")
 
 
@@ -98,35 +95,30 @@ class DataPlane:
         """Embed ``inputs`` (support, then queries) as one sequence, one backbone call per step, and split
         the embeddings back per input; with ``then``, ``then(*embeddings)`` runs in the last chunk's step
         and is what returns, so a request of one chunk is one step."""
-        pixels = PixelBudget(self.limits.max_request_pixels)
+        convert = model.input.converter(self.limits)  # per request: images share one pixel budget
         counts = [items.count for items, _ in inputs]
         parts = model.batches(sum(counts))
-        chunks = [await job.run(self._embed_chunk, model, list(_pieces(inputs, part)), pixels) for part in parts[:-1]]
+        chunks = [await job.run(self._embed_chunk, model, list(_pieces(inputs, part)), convert) for part in parts[:-1]]
 
         def last() -> list[np.ndarray] | T:
-            chunks.append(self._embed_chunk(model, list(_pieces(inputs, parts[-1])), pixels))
+            chunks.append(self._embed_chunk(model, list(_pieces(inputs, parts[-1])), convert))
             embeddings = np.split(np.concatenate(chunks) if len(chunks) > 1 else chunks[0], np.cumsum(counts)[:-1])
             return then(*embeddings) if then else embeddings
 
         return await job.run(last)
 
-    def _embed_chunk(self, model: FewShotModel, pieces: list[Piece], pixels: PixelBudget) -> np.ndarray:
+    def _embed_chunk(self, model: FewShotModel, pieces: list[Piece],
+                     convert: Callable[[list[Piece]], dict[str, np.ndarray]]) -> np.ndarray:
         with self.metrics.stage("decode", model.name):
-            batch = [self._model_input(model, *piece, pixels) for piece in pieces]
+            feeds = convert(pieces)
         with self.metrics.stage("embed", model.name):
-            embeddings = model.embed(np.concatenate(batch) if len(batch) > 1 else batch[0])
+            embeddings = model.embed_feeds(feeds)
         if not np.isfinite(embeddings).all():
             raise InvalidArgument(
                 f"the {' and '.join(what for _, what, _ in pieces)} overflow the model: their embeddings are not "
                 "finite numbers; send items preprocessed as GetModel says (pixels to [0, 1], then minus mean, "
                 "divided by std)")
         return embeddings
-
-    def _model_input(self, model: FewShotModel, items: Items, what: str, first: int, pixels: PixelBudget) -> np.ndarray:
-        if items.tensor is None:
-            return decode_images(items.encoded_images, model.config.preprocessing, what,
-                                 self.limits.max_image_pixels, pixels, first)
-        return validation.finite(items.tensor, what)
 
     def _head(self, model: FewShotModel, support: np.ndarray, targets: np.ndarray, classes: int,
               method: str, distance: str, adaptation: Adaptation, queries: np.ndarray | None = None) -> Head:
@@ -171,8 +163,8 @@ class DataPlane:
         label_request(model.name, method)
         distance = validation.distance(request.distance, model)
         adaptation = validation.adaptation(request.adaptation, method, model, self.limits)
-        validation.require_items(request.items, "support.items", self.limits.max_support_items, self.limits)
-        validation.tensor_spec(request.items, model, "support.items")
+        validation.require_items(request.items, "support.items", self.limits.max_support_items)
+        validation.model_items(model, self.limits, (request.items, "support.items"))
         classes, targets = validation.class_index(request.labels, request.items.count, self.limits)
         self.metrics.support_items.labels(rpc).observe(request.items.count)
         return method, distance, adaptation, classes, targets
@@ -180,8 +172,8 @@ class DataPlane:
     def _queries(self, request: QueryRequest, model: FewShotModel, distance: str, classes: tuple[str, ...],
                  rpc: str) -> tuple[int, float]:
         """Check the query side, and that its answer can be sent; return the resolved top k and threshold."""
-        validation.require_items(request.items, "queries", self.limits.max_query_items, self.limits)
-        validation.tensor_spec(request.items, model, "queries")
+        validation.require_items(request.items, "queries", self.limits.max_query_items)
+        validation.model_items(model, self.limits, (request.items, "queries"))
         self.metrics.query_items.labels(rpc).observe(request.items.count)
         top_k = validation.top_k(request.top_k, self.limits)
         count = request.items.count
@@ -194,6 +186,7 @@ class DataPlane:
         model = self.model(request.model, request.model_version)
         with self.metrics.inference(model.name, model.version, CLASSIFY):
             method, distance, adaptation, classes, targets = self._resolve(model, request, "Classify")
+            require_kind(model.input, model.name, [(request.items, "support.items"), (queries.items, "queries")])
             top_k, threshold = self._queries(queries, model, distance, classes, "Classify")
             async with self._job(request.items, queries.items) as job:
                 parts = model.score_batches(queries.items.count, len(classes))
@@ -234,8 +227,8 @@ class DataPlane:
     async def embed(self, model_name: str, version: str, items: Items) -> tuple[FewShotModel, np.ndarray]:
         model = self.model(model_name, version)
         with self.metrics.inference(model.name, model.version, EMBED):
-            validation.require_items(items, "items", self.limits.max_query_items, self.limits)
-            validation.tensor_spec(items, model, "items")
+            validation.require_items(items, "items", self.limits.max_query_items)
+            validation.model_items(model, self.limits, (items, "items"))
             validation.response_fits(4 * items.count * model.config.embedding_size + validation.RESPONSE_OVERHEAD,
                                      self.max_response_bytes,
                                      f"{items.count} embeddings of {model.config.embedding_size} floats")

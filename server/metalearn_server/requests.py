@@ -13,22 +13,41 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Items:
-    """A batch of items: a decoded tensor, or encoded image files (exactly one is set)."""
+    """A batch of items: a decoded tensor, encoded image files, or texts (at most one is set)."""
 
     tensor: np.ndarray | None = None
     encoded_images: tuple[bytes, ...] = ()
+    texts: tuple[str, ...] = ()
+
+    @property
+    def form(self) -> str:
+        """Which field carries the items: ``tensor``, ``encoded_images`` or ``texts`` ("" if none)."""
+        if self.tensor is not None:
+            return "tensor"
+        return "encoded_images" if self.encoded_images else "texts" if self.texts else ""
 
     @property
     def count(self) -> int:
-        return len(self.tensor) if self.tensor is not None else len(self.encoded_images)
+        if self.tensor is not None:
+            return len(self.tensor)
+        return len(self.encoded_images) or len(self.texts)
 
     @property
     def nbytes(self) -> int:
         """The bytes received for these items, which stay in memory until the request is answered."""
-        return self.tensor.nbytes if self.tensor is not None else sum(map(len, self.encoded_images))
+        if self.tensor is not None:
+            return self.tensor.nbytes
+        return sum(map(len, self.encoded_images)) + sum(len(text.encode()) for text in self.texts)
 
     def part(self, part: slice) -> "Items":
-        return Items(self.tensor[part]) if self.tensor is not None else Items(encoded_images=self.encoded_images[part])
+        if self.tensor is not None:
+            return Items(self.tensor[part])
+        return Items(encoded_images=self.encoded_images[part], texts=self.texts[part])
+
+
+#: What one step of embedding works on: a slice of one of the request's inputs, its name for errors
+#: ("support.items", "queries"), and the index of its first item there.
+Piece = tuple[Items, str, int]
 
 
 @dataclass(frozen=True)

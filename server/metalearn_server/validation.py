@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from metalearn_server.errors import InvalidArgument, ResourceExhausted, excerpt
+from metalearn_server.execution.item_input import require_kind
 from metalearn_server.execution.model import FewShotModel
 from metalearn_server.execution.model_config import Adaptation
 from metalearn_server.execution.model_config import DISTANCES, METHODS
@@ -29,6 +30,9 @@ class Limits:
     max_learning_rate: float = 100.0
     max_top_k: int = 512
     max_image_bytes: int = 4 * 1024 * 1024
+    #: UTF-8 bytes of one text: far more than any text model reads (its max_tokens), little enough that
+    #: tokenizing a maximal request stays cheap.
+    max_text_bytes: int = 4096
     max_image_pixels: int = 4096 * 4096
     #: Pixels decoded per request, all images together: 16 images of the largest size, or 24,000 of 105².
     max_request_pixels: int = 256 * 1024 * 1024
@@ -45,40 +49,19 @@ def dimensions(shape: tuple[int, ...], what: str) -> None:
                               f"and no tensor may have more than {MAX_DIMENSIONS}")
 
 
-def require_items(items: Items, what: str, limit: int, limits: Limits) -> None:
-    if items.count == 0:  # no tensor and no images, or a tensor with no rows (the v2 protocol allows shape [0, …])
-        raise InvalidArgument(f"{what} is empty: send at least one item as a tensor or as encoded_images")
+def require_items(items: Items, what: str, limit: int) -> None:
+    if items.count == 0:  # no tensor, images or texts, or a tensor with no rows (the v2 protocol allows shape [0, …])
+        raise InvalidArgument(f"{what} is empty: send at least one item as a tensor, as encoded_images or as texts")
     if items.count > limit:
         raise InvalidArgument(f"{what} has {items.count} items, more than the limit of {limit}; split the request")
-    for index, image in enumerate(items.encoded_images):
-        if len(image) > limits.max_image_bytes:
-            raise InvalidArgument(f"{what}.encoded_images[{index}] has {len(image)} bytes, more than the limit of "
-                                  f"{limits.max_image_bytes}; send a smaller file")
 
 
-def tensor_spec(items: Items, model: FewShotModel, what: str) -> None:
-    """A tensor's dtype and shape checked against the model's input spec (its values: :func:`finite`)."""
-    tensor = items.tensor
-    if tensor is None:
-        return
-    spec = model.config
-    expected = (tensor.shape[0], *spec.input_shape)
-    if tensor.dtype != np.dtype(spec.input_dtype):
-        raise InvalidArgument(
-            f"{what}.tensor has dtype {tensor.dtype}, model {model.name} takes {spec.input_dtype} "
-            f"of shape [N, {', '.join(map(str, spec.input_shape))}] (see GetModel)"
-        )
-    if tensor.shape != expected:
-        raise InvalidArgument(
-            f"{what}.tensor has shape {list(tensor.shape)}, model {model.name} takes "
-            f"[N, {', '.join(map(str, spec.input_shape))}] (see GetModel's input and preprocessing)"
-        )
-
-
-def finite(tensor: np.ndarray, what: str) -> np.ndarray:
-    if not np.isfinite(tensor).all():
-        raise InvalidArgument(f"{what}.tensor contains NaN or infinite values; send finite numbers")
-    return tensor
+def model_items(model: FewShotModel, limits: Limits, *inputs: tuple[Items, str]) -> None:
+    """Items of the kind the model takes, all of one kind, each passing its input adapter's checks
+    (an image tensor's dtype and shape, a file's or a text's size; values are checked at conversion)."""
+    require_kind(model.input, model.name, list(inputs))
+    for items, what in inputs:
+        model.input.check(items, what, limits)
 
 
 def class_index(labels: tuple[str, ...], item_count: int, limits: Limits) -> tuple[tuple[str, ...], np.ndarray]:

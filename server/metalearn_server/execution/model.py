@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from metalearn_server.execution.item_input import input_adapter
 from metalearn_server.execution.model_config import Adaptation, ModelConfig
 from metalearn_server.execution.runtime import create_session, run
 
@@ -65,6 +66,7 @@ class FewShotModel:
                  providers: list[str], intra_op_threads: int = 0, batch_items: int = CPU_BATCH_ITEMS) -> None:
         self.name, self.version, self.directory, self.config = name, version, directory, config
         self.batch_items = batch_items
+        self.input = input_adapter(config, directory)
         self.backbone = create_session(directory / config.backbone, providers, intra_op_threads)
         self.prototype_head = create_session(directory / config.prototype_head, providers, 1, memory_arena=False)
         self.finetune_head = create_session(directory / config.finetune_head, providers, 1, memory_arena=False)
@@ -86,9 +88,16 @@ class FewShotModel:
         """``queries`` scored against ``classes`` in steps of about :data:`SCORE_STEP_MACS` each."""
         return _even_parts(queries, max(1, SCORE_STEP_MACS // (classes * self.config.embedding_size)))
 
-    def embed(self, items: np.ndarray) -> np.ndarray:
-        """float32 ``[N, *input_shape]`` → embeddings ``[N, embedding_size]``, in :meth:`batches`."""
-        parts = [run(self.backbone, {self.config.input_name: items[part]})[0] for part in self.batches(len(items))]
+    def embed(self, items: np.ndarray | list[str]) -> np.ndarray:
+        """Preprocessed images float32 ``[N, *input_shape]``, or texts, → embeddings ``[N, embedding_size]``."""
+        return self.embed_feeds(self.input.feeds(items))
+
+    def embed_feeds(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The backbone's feeds for N items (from :attr:`input`: images ``[N, *input_shape]``, or token
+        ids and mask ``[N, L]``) → embeddings ``[N, embedding_size]``, in :meth:`batches`."""
+        count = len(next(iter(feeds.values())))
+        parts = [run(self.backbone, {name: value[part] for name, value in feeds.items()})[0]
+                 for part in self.batches(count)]
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def build_head(self, support: np.ndarray, support_onehot: np.ndarray, distance: str,

@@ -20,6 +20,10 @@ METHODS = ("prototype", "finetune", "transductive")
 DEFAULT_REFINEMENT_STEPS = 3
 DISTANCES = ("euclidean", "cosine")
 INPUT_DTYPES = ("float32",)
+#: What a model's items are (``input.kind``): a config without one is of images, as all were before texts.
+ITEM_KINDS = ("image", "text")
+#: The ONNX inputs a text graph may take (``input.feeds``), filled by the text adapter.
+TEXT_FEEDS = ("input_ids", "attention_mask", "token_type_ids")
 
 
 class ConfigError(ValueError):
@@ -50,6 +54,27 @@ class Preprocessing:
 
 
 @dataclass(frozen=True)
+class TextInput:
+    """How texts become backbone input: the tokenizer file, the tokens kept, the ONNX inputs fed."""
+
+    tokenizer: str
+    max_tokens: int
+    feeds: tuple[str, ...]
+
+    @classmethod
+    def from_dict(cls, spec: dict) -> "TextInput":
+        feeds = tuple(_field(spec, "feeds", list, "input"))
+        if not feeds or len(set(feeds)) != len(feeds) or not set(feeds) <= set(TEXT_FEEDS) or "input_ids" not in feeds:
+            raise ConfigError(f"input.feeds: expected distinct names of {TEXT_FEEDS} including 'input_ids', "
+                              f"got {list(feeds)}")
+        text = cls(tokenizer=_field(spec, "tokenizer", str, "input"),
+                   max_tokens=_field(spec, "max_tokens", int, "input"), feeds=feeds)
+        if not 2 < text.max_tokens <= 4096:
+            raise ConfigError(f"input.max_tokens: {text.max_tokens} must be within 3 to 4096")
+        return text
+
+
+@dataclass(frozen=True)
 class Adaptation:
     """Fast-adaptation settings: the model's defaults, or a request's once resolved."""
 
@@ -60,15 +85,19 @@ class Adaptation:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """An image model has ``input_*`` and ``preprocessing``; a text model has ``text`` and no image fields."""
+
     backbone: str
     prototype_head: str
     finetune_head: str
     linear_head: str
-    input_name: str
+    kind: str  # one of ITEM_KINDS
+    input_name: str  # images only, as the three below
     input_dtype: str
     input_shape: tuple[int, ...]  # one item, without the item count
     embedding_size: int
-    preprocessing: Preprocessing
+    preprocessing: Preprocessing | None
+    text: TextInput | None
     temperature: dict[str, float]
     default_method: str
     default_distance: str
@@ -89,16 +118,12 @@ class ModelConfig:
             raise ConfigError("config: expected a JSON object")
         heads = _field(raw, "heads", dict, "config")
         spec = _field(raw, "input", dict, "config")
-        pre = _field(raw, "preprocessing", dict, "config")
+        kind = spec.get("kind", "image")
+        if kind not in ITEM_KINDS:
+            raise ConfigError(f"input.kind: {kind!r} is not one of {ITEM_KINDS}")
         temps = _field(raw, "temperature", dict, "config")
         defaults = _field(raw, "defaults", dict, "config")
         adapt = _field(defaults, "adaptation", dict, "defaults")
-        shape = tuple(_field(spec, "shape", list, "input"))
-        if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
-            raise ConfigError(f"input.shape: expected positive integers, got {list(shape)}")
-        dtype = _field(spec, "dtype", str, "input")
-        if dtype not in INPUT_DTYPES:
-            raise ConfigError(f"input.dtype: {dtype!r} is not one of {INPUT_DTYPES}")
         temperature = {d: float(_field(temps, d, (int, float), "temperature")) for d in DISTANCES}
         open_set_raw = _field(raw, "open_set", dict, "config")
         open_set = {}
@@ -112,23 +137,17 @@ class ModelConfig:
             open_set[distance] = calibration
         if not all(t > 0 and math.isfinite(t) for t in temperature.values()):
             raise ConfigError(f"temperature: must be positive, got {temperature}")
+        image = _image_input(raw, spec) if kind == "image" else {
+            "input_name": "", "input_dtype": "", "input_shape": (), "preprocessing": None}
         config = cls(
             backbone=_field(raw, "backbone", str, "config"),
             prototype_head=_field(heads, "prototype", str, "heads"),
             finetune_head=_field(heads, "finetune", str, "heads"),
             linear_head=_field(heads, "linear", str, "heads"),
-            input_name=_field(spec, "name", str, "input"),
-            input_dtype=dtype,
-            input_shape=shape,
+            kind=kind,
+            **image,
+            text=TextInput.from_dict(spec) if kind == "text" else None,
             embedding_size=_field(raw, "embedding_size", int, "config"),
-            preprocessing=Preprocessing(
-                color_mode=_field(pre, "color_mode", str, "preprocessing"),
-                width=_field(pre, "width", int, "preprocessing"),
-                height=_field(pre, "height", int, "preprocessing"),
-                invert=_field(pre, "invert", bool, "preprocessing"),
-                mean=float(_field(pre, "mean", (int, float), "preprocessing")),
-                std=float(_field(pre, "std", (int, float), "preprocessing")),
-            ),
             temperature=temperature,
             default_method=_field(defaults, "method", str, "defaults"),
             default_distance=_field(defaults, "distance", str, "defaults"),
@@ -147,10 +166,6 @@ class ModelConfig:
             raise ConfigError(f"defaults.refinement_steps: {config.default_refinement_steps} must be >= 0")
         if config.default_distance not in DISTANCES:
             raise ConfigError(f"defaults.distance: {config.default_distance!r} is not one of {DISTANCES}")
-        if config.preprocessing.color_mode != "L" or shape[0] != 1 or shape[1:] != (config.preprocessing.height, config.preprocessing.width):
-            raise ConfigError("preprocessing: only grayscale ('L') images matching input.shape [1, height, width] are supported")
-        if config.preprocessing.std <= 0:
-            raise ConfigError("preprocessing.std: must be positive")
         return config
 
     @classmethod
@@ -162,3 +177,28 @@ class ModelConfig:
         except json.JSONDecodeError as error:
             raise ConfigError(f"{path.name} is not valid JSON: {error}") from None
         return cls.from_dict(raw)
+
+
+def _image_input(raw: dict, spec: dict) -> dict[str, Any]:
+    """The image fields of a config: the input tensor and the preprocessing of encoded images."""
+    pre = _field(raw, "preprocessing", dict, "config")
+    shape = tuple(_field(spec, "shape", list, "input"))
+    if not shape or not all(isinstance(d, int) and d > 0 for d in shape):
+        raise ConfigError(f"input.shape: expected positive integers, got {list(shape)}")
+    dtype = _field(spec, "dtype", str, "input")
+    if dtype not in INPUT_DTYPES:
+        raise ConfigError(f"input.dtype: {dtype!r} is not one of {INPUT_DTYPES}")
+    preprocessing = Preprocessing(
+        color_mode=_field(pre, "color_mode", str, "preprocessing"),
+        width=_field(pre, "width", int, "preprocessing"),
+        height=_field(pre, "height", int, "preprocessing"),
+        invert=_field(pre, "invert", bool, "preprocessing"),
+        mean=float(_field(pre, "mean", (int, float), "preprocessing")),
+        std=float(_field(pre, "std", (int, float), "preprocessing")),
+    )
+    if preprocessing.color_mode != "L" or shape[0] != 1 or shape[1:] != (preprocessing.height, preprocessing.width):
+        raise ConfigError("preprocessing: only grayscale ('L') images matching input.shape [1, height, width] are supported")
+    if preprocessing.std <= 0:
+        raise ConfigError("preprocessing.std: must be positive")
+    return {"input_name": _field(spec, "name", str, "input"), "input_dtype": dtype, "input_shape": shape,
+            "preprocessing": preprocessing}

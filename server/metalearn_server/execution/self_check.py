@@ -9,7 +9,8 @@ this.  Before a version is served, :func:`check`
 1. compares every graph's input and output names and fixed dimensions with what
    the config and the heads' contract (:mod:`metalearn.heads`) say, and
 2. runs the whole pipeline on a synthetic episode (3 classes × 2 shots, 4
-   queries) for every method and both distances, checking the embeddings'
+   queries: random images, or texts of random vocabulary words, made by the
+   model's input adapter) for every method and both distances, checking the embeddings'
    shape, and that probabilities and known-scores are finite, shaped, and that
    each query's probabilities sum to 1.
 
@@ -52,14 +53,19 @@ def _names(args: list[ort.NodeArg]) -> tuple[str, ...]:
 def _check_signatures(model: FewShotModel) -> None:
     config = model.config
     backbone_inputs = model.backbone.get_inputs()
-    if _names(backbone_inputs) != (config.input_name,):
+    if config.text is not None:
+        if sorted(_names(backbone_inputs)) != sorted(config.text.feeds):
+            raise SelfCheckFailed(f"the backbone takes the inputs {list(_names(backbone_inputs))}; "
+                                  f"config.json's input.feeds says {list(config.text.feeds)}")
+    elif _names(backbone_inputs) != (config.input_name,):
         raise SelfCheckFailed(f"the backbone takes the inputs {list(_names(backbone_inputs))}; "
                               f"config.json's input.name says {config.input_name!r}")
-    expected = [None, *config.input_shape]
-    given = backbone_inputs[0].shape
-    if len(given) != len(expected) or any(isinstance(d, int) and d != e for d, e in zip(given[1:], expected[1:])):
-        raise SelfCheckFailed(f"the backbone takes items of shape {given}; config.json's input.shape says "
-                              f"[N, {', '.join(map(str, config.input_shape))}]")
+    else:
+        expected = [None, *config.input_shape]
+        given = backbone_inputs[0].shape
+        if len(given) != len(expected) or any(isinstance(d, int) and d != e for d, e in zip(given[1:], expected[1:])):
+            raise SelfCheckFailed(f"the backbone takes items of shape {given}; config.json's input.shape says "
+                                  f"[N, {', '.join(map(str, config.input_shape))}]")
     for attribute, (inputs, outputs) in HEAD_SIGNATURES.items():
         session = getattr(model, attribute)
         found = (_names(session.get_inputs()), _names(session.get_outputs()))
@@ -74,21 +80,16 @@ def _check_signatures(model: FewShotModel) -> None:
                                       f"item; config.json's embedding_size says {config.embedding_size}")
 
 
-def synthetic_items(model: FewShotModel, count: int, rng: np.random.Generator) -> np.ndarray:
-    """Random images as preprocessing makes them (pixels 0-255, normalised as the config says)."""
-    pre = model.config.preprocessing
-    pixels = rng.integers(0, 256, size=(count, *model.config.input_shape)).astype(np.float32)
-    return ((pixels / 255.0 - pre.mean) / pre.std).astype(np.float32)
-
-
 def _check_pipeline(model: FewShotModel) -> None:
     config = model.config
-    items = synthetic_items(model, WAYS * SHOTS + QUERIES, np.random.default_rng(0))
+    count = WAYS * SHOTS + QUERIES
+    feeds = model.input.synthetic(count, np.random.default_rng(0))
     try:
-        embeddings = model.embed(items)
+        embeddings = model.embed_feeds(feeds)
     except Exception as error:  # noqa: BLE001 - whatever ONNX Runtime says of a mismatched graph
-        raise SelfCheckFailed(f"the backbone fails on items of the config's input shape: {error}") from None
-    if embeddings.shape != (len(items), config.embedding_size):
+        raise SelfCheckFailed(f"the backbone fails on synthetic {config.kind} items as the config describes them: "
+                              f"{error}") from None
+    if embeddings.shape != (count, config.embedding_size):
         raise SelfCheckFailed(f"the backbone gives embeddings of shape {list(embeddings.shape[1:])} per item; "
                               f"config.json's embedding_size says {config.embedding_size}")
     if not np.isfinite(embeddings).all():

@@ -52,12 +52,14 @@ def tensor_to_array(tensor: tensor_pb2.Tensor, what: str) -> np.ndarray:
 
 
 def items_from_proto(items: tensor_pb2.Items, what: str) -> Items:
-    has_tensor = items.HasField("tensor")
-    if has_tensor and items.encoded_images:
-        raise InvalidArgument(f"{what} sets both tensor and encoded_images; send one of them")
-    if has_tensor:
+    forms = [name for name, given in (("tensor", items.HasField("tensor")), ("encoded_images", bool(items.encoded_images)),
+                                      ("texts", bool(items.texts))) if given]
+    if len(forms) > 1:
+        raise InvalidArgument(f"{what} sets {'both ' if len(forms) == 2 else ''}{' and '.join(forms)}; send one "
+                              "of them (a request's items are all of one kind)")
+    if forms == ["tensor"]:
         return Items(tensor=tensor_to_array(items.tensor, f"{what}.tensor"))
-    return Items(encoded_images=tuple(items.encoded_images))
+    return Items(encoded_images=tuple(items.encoded_images), texts=tuple(items.texts))
 
 
 def array_to_tensor(array: np.ndarray) -> tensor_pb2.Tensor:

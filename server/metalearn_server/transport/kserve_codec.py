@@ -7,9 +7,10 @@ Model ``<name>``: few-shot classification, platform ``metalearn_fewshot``.
 =================  =========  =======================  ==================================================
 tensor             datatype   shape                    meaning
 =================  =========  =======================  ==================================================
-``SUPPORT``        FP32       ``[n, *item shape]``     the labelled examples (input)
+``SUPPORT``        FP32       ``[n, *item shape]``     the labelled examples (input); BYTES ``[n]`` of
+                                                       UTF-8 texts for a text model
 ``SUPPORT_LABELS`` BYTES      ``[n]``                  one UTF-8 class label per support item (input)
-``QUERY``          FP32       ``[m, *item shape]``     the items to classify (input)
+``QUERY``          FP32       ``[m, *item shape]``     the items to classify (input); BYTES for texts
 ``SCORES``         FP32       ``[m, classes]``         probabilities; columns in ``CLASSES`` order (output)
 ``CLASSES``        BYTES      ``[classes]``            labels in order of first appearance (output)
 ``LABELS``         BYTES      ``[m]``                  best class per query, empty if rejected (output)
@@ -21,7 +22,7 @@ Request parameters carry what metalearn.v1 puts in fields: ``method`` and
 ``adaptation_l2`` and ``rejection_threshold`` (double).  Absent means the model's default.
 
 Model ``<name>.embed``: the backbone alone, platform ``onnxruntime_onnx``:
-``ITEMS`` FP32 ``[n, *item shape]`` in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
+``ITEMS`` FP32 ``[n, *item shape]`` (BYTES ``[n]`` for a text model) in, ``EMBEDDINGS`` FP32 ``[n, embedding size]`` out.
 
 ``ModelConfig`` describes both in Triton's terms: the same tensors (BYTES is ``TYPE_STRING``),
 ``max_batch_size`` 0, every version served.  ``ModelStatistics`` reports each separately, per version.
@@ -107,8 +108,11 @@ def split_model_name(name: str) -> tuple[str, bool]:
 # -- metadata -----------------------------------------------------------------------------------
 def _tensors(model: FewShotModel, embed: bool) -> tuple[list[Tensor], list[Tensor]]:
     """The inputs and outputs of the v2 model, which ModelMetadata and ModelConfig both describe."""
-    item = (-1, *model.config.input_shape)
-    datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
+    if model.config.kind == "text":
+        item, datatype = (-1,), "BYTES"
+    else:
+        item = (-1, *model.config.input_shape)
+        datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
     if embed:
         return [Tensor("ITEMS", datatype, item)], [Tensor("EMBEDDINGS", "FP32", (-1, model.config.embedding_size))]
     return ([Tensor("SUPPORT", datatype, item), Tensor("SUPPORT_LABELS", "BYTES", (-1,)),
@@ -255,12 +259,25 @@ def _parameter(request: pb.ModelInferRequest, name: str) -> str | int | float | 
 
 
 def _as_items(value: np.ndarray | list[bytes], name: str) -> Items:
+    """A numeric tensor is images; BYTES elements are UTF-8 texts (which kind the model takes is the data
+    plane's check)."""
     if isinstance(value, list):
-        raise InvalidArgument(f"input {name} is BYTES; send the item tensor as the model's datatype (ModelMetadata)")
+        return Items(texts=_texts(value, name))
     if value.ndim < 2:
         raise InvalidArgument(f"input {name} has shape {list(value.shape)}; give the item count first, "
                               "then the item's dimensions")
     return Items(tensor=value)
+
+
+def _texts(elements: list[bytes], name: str) -> tuple[str, ...]:
+    texts = []
+    for index, element in enumerate(elements):
+        try:
+            texts.append(element.decode())
+        except UnicodeDecodeError as error:
+            raise InvalidArgument(f"input {name} element {index} is not UTF-8 text ({error.reason} at byte "
+                                  f"{error.start}); send texts as UTF-8") from None
+    return tuple(texts)
 
 
 def _labels(value: np.ndarray | list[bytes]) -> tuple[str, ...]:

