@@ -117,13 +117,14 @@ class EmbeddingCache:
         return np.stack([self.rows[key] for key in keys])
 
 
-def in_process(repository: Path, model: str = "", version: str = "") -> Backend:
-    """Classify with the server's execution layer, no gRPC, each distinct image embedded once."""
+def in_process(repository: Path, model: str = "", version: str = "", distance: str = "") -> Backend:
+    """Classify with the server's execution layer, no gRPC, each distinct image embedded once; ``distance``
+    empty: the model's default."""
     from metalearn_server.execution.repository import ModelRepository
     from metalearn_server.execution.runtime import resolve_providers
 
     served = ModelRepository(repository, resolve_providers(["CPUExecutionProvider"])).get(model, version)
-    distance = served.config.default_distance
+    distance = distance or served.config.default_distance
     embed = EmbeddingCache(served.embed)
 
     def classify(support: np.ndarray, labels: np.ndarray, queries: np.ndarray, method: str) -> tuple[np.ndarray, np.ndarray]:
@@ -307,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--columns", default="5x1,5x5,20x1,20x5", help="WAYSxSHOTS, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--distance", default="", choices=["", "euclidean", "cosine"],
+                        help="(in-process) the prototypes' distance and its open-set calibration "
+                             "(default: the model's)")
     parser.add_argument("--sweep-steps", help="instead: accuracy and head latency of fast adaptation and of the "
                                               "transductive method for these step counts K, comma-separated "
                                               "(in-process)")
@@ -317,6 +321,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.write_card and args.target:
         parser.error("--write-card evaluates the repository's files in-process; drop --target")
+    if args.distance and (args.target or args.write_card):
+        parser.error("--distance is in-process only (GetModel gives the default distance's threshold alone), "
+                     "and the model card's tables are the default distance's")
 
     if args.sweep_steps:
         steps = [int(k) for k in args.sweep_steps.split(",")]
@@ -324,7 +331,7 @@ def main(argv: list[str] | None = None) -> None:
                                      args.seed, args.model, args.version))
         return
     backend = over_grpc(args.target, args.model, args.version) if args.target else \
-        in_process(args.repository, args.model, args.version)
+        in_process(args.repository, args.model, args.version, args.distance)
     data = load_split("evaluation", args.data)
     columns = [tuple(int(x) for x in column.split("x")) for column in args.columns.split(",")]
     results = [evaluate(backend, data, ways, shots, method, args.episodes, seed=args.seed)
