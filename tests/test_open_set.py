@@ -65,3 +65,20 @@ def test_served_defaults_keep_known_queries_at_1_and_10_shots(client, evaluation
     rejected = np.mean([p.unknown for p in answer.predictions])
     # 300 (1-shot) or 200 (10-shot) known queries; the shot-blind score rejected 4% at 1 shot.
     assert rejected <= 0.02
+
+
+def test_configs_without_a_shot_scale_keep_serving_and_a_negative_one_is_refused():
+    import json
+
+    from metalearn_server.execution.model_config import ConfigError, ModelConfig
+    from metalearn_server.execution.repository import BUNDLED_REPOSITORY
+
+    raw = json.loads((BUNDLED_REPOSITORY / "omniglot-conv4" / "5" / "config.json").read_text())
+    assert ModelConfig.from_dict(raw).open_set["euclidean"].shot_scale > 0
+    del raw["open_set"]["euclidean"]["shot_scale"]  # as exported before the score allowed for shots
+    calibration = ModelConfig.from_dict(raw).open_set["euclidean"]
+    assert calibration.shot_scale == 0
+    assert calibration.known_score(np.array([calibration.midpoint] * 2), np.array([1, 10])).tolist() == [0.5, 0.5]
+    raw["open_set"]["cosine"]["shot_scale"] = -0.5
+    with pytest.raises(ConfigError, match="open_set.cosine: .*shot_scale >= 0"):
+        ModelConfig.from_dict(raw)
