@@ -7,13 +7,16 @@
   count by 5-shot validation accuracy.
 * The open-set score: the probability that a query belongs to any support
   class at all, as a logistic function of its squared distance ``d`` to the
-  nearest class,
+  nearest class divided by how that distance grows with fewer shots,
 
-      known(d) = 1 / (1 + exp((d − midpoint) / width)),
+      u = d / (1 + shot_scale / n),    known(u) = 1 / (1 + exp((u − midpoint) / width))
 
-  fitted on validation episodes whose queries are half from the episode's
-  classes and half from other characters; and the default rejection threshold,
-  the known-score that 99% of known validation queries exceed.
+  (``n`` the nearest class's shots; :mod:`metalearn_server.execution.open_set`),
+  fitted on validation episodes of every shape a caller is promised (5 and 20
+  ways; 1, 2, 5, 10 and unequal 1 to 10 shots) whose queries are half from the
+  episode's classes and half from other characters; and the default rejection
+  threshold, which keeps 99% of the known queries of every validation
+  alphabet in every one of those shapes.
 """
 from __future__ import annotations
 
@@ -104,39 +107,92 @@ def fit_learning_rate(episodes: list[tuple[torch.Tensor, ...]], temperature: flo
 
 
 KNOWN_ACCEPTANCE = 0.99
+#: The episode shapes the default threshold keeps its promise at: (ways, shots), shots a range for unequal ones.
+OPEN_SET_SHAPES = tuple((ways, shots) for ways in (5, 20) for shots in (1, 2, 5, 10, (1, 10)))
+#: Validation episodes per shape (5 queries per class, and as many from outside), and the shot scales tried.
+OPEN_SET_EPISODES = {5: 300, 20: 100}
+SHOT_SCALE_GRID = np.round(np.arange(0.0, 2.01, 0.05), 2)
+
+
+def embed_classes(embed: Callable[[np.ndarray], np.ndarray], data: FewShotImages) -> np.ndarray:
+    """Embeddings ``[classes, drawers, D]`` of every image, each embedded once (episodes then reuse them)."""
+    images = data.images.reshape(-1, *data.images.shape[2:])
+    chunks = [embed(to_model_input(images[start:start + 512])) for start in range(0, len(images), 512)]
+    return np.concatenate(chunks).reshape(*data.images.shape[:2], -1).astype(np.float32)
 
 
 @torch.no_grad()
-def nearest_class_distances(backbone: torch.nn.Module, data: FewShotImages, episodes: int, seed: int,
-                            cosine: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Distances to the nearest support class of known and of unknown queries (1- and 5-shot, 5-way)."""
-    backbone.eval()
-    flag, known, unknown = torch.tensor(cosine), [], []
-    for shots in (1, 5):
-        sampler = EpisodeSampler(data, ways=5, shots=shots, queries=5, seed=seed + shots)
-        for _ in range(episodes // 2):
-            episode, strangers = sampler.sample_open_set(unknown_ways=5)
-            images = np.concatenate([episode.support, episode.query, strangers])
-            z = backbone(torch.from_numpy(to_model_input(images)))
-            support, queries = z[: len(episode.support)], z[len(episode.support) :]
-            onehot = torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), 5).float()
-            weight, bias = prototype_init(support, onehot, flag)
-            _, distance = LinearHead()(queries, weight, bias, flag, torch.tensor(1.0))
-            known.append(distance[: len(episode.query)].numpy())
-            unknown.append(distance[len(episode.query) :].numpy())
-    return np.concatenate(known), np.concatenate(unknown)
+def open_set_episodes(embeddings: np.ndarray, ways: int, shots: int | tuple[int, int], episodes: int, seed: int,
+                      cosine: bool, queries: int = 5) -> dict[str, np.ndarray]:
+    """Per query of open-set episodes (as many outside queries as known ones): its squared distance to
+    the nearest class under the prototype head, that class's shots, whether it is known, and its class."""
+    flag, out = torch.tensor(cosine), {"distance": [], "shots": [], "known": [], "classes": []}
+    # The sampler draws indices, so episodes come from the cached embeddings without touching an image.
+    classes, drawers = embeddings.shape[:2]
+    index = FewShotImages(np.arange(classes * drawers).reshape(classes, drawers), np.zeros(classes))
+    sampler = EpisodeSampler(index, ways=ways, shots=shots, queries=queries, seed=seed)
+    flat = torch.from_numpy(embeddings.reshape(classes * drawers, -1))
+    for _ in range(episodes):
+        episode, strangers = sampler.sample_open_set(unknown_ways=ways)
+        items = np.concatenate([episode.query, strangers])
+        onehot = torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), ways).float()
+        weight, bias = prototype_init(flat[episode.support], onehot, flag)
+        probabilities, distance = LinearHead()(flat[items], weight, bias, flag, torch.tensor(1.0))
+        out["distance"].append(distance.numpy())
+        out["shots"].append(onehot.sum(0).numpy()[probabilities.argmax(1).numpy()])
+        out["known"].append(np.arange(len(items)) < len(episode.query))
+        out["classes"].append(items // drawers)
+    return {key: np.concatenate(values) for key, values in out.items()}
 
 
-def fit_open_set(known: np.ndarray, unknown: np.ndarray) -> dict[str, float]:
-    """Logistic ``known(d)`` by maximum likelihood, and the default rejection threshold."""
-    distance = torch.from_numpy(np.concatenate([known, unknown]).astype(np.float64))
-    target = torch.cat([torch.ones(len(known)), torch.zeros(len(unknown))]).double()
-    scale = float(distance.std())
-    midpoint = torch.tensor(float(distance.median()) / scale, dtype=torch.float64, requires_grad=True)
+def fit_open_set(embeddings: np.ndarray, alphabets: np.ndarray, cosine: bool, seed: int = 3) -> dict[str, float]:
+    """The known-score's shot scale, logistic and default threshold from validation ``embeddings``
+    ``[classes, drawers, D]`` (``alphabets[c]`` names class c's alphabet).
+
+    * ``shot_scale``: the one under which the distance that 99% of known queries stay within is most
+      alike across the shapes (version 5: 0.8, about 30 at every shape, where the raw distance's is
+      54 at 1 shot and 33 at 10);
+    * ``midpoint`` and ``width``: maximum likelihood over every shape's queries together;
+    * ``threshold``: the known-score of the distance that 99% of known queries stay within in the widest
+      shape, times the spread of the widest validation alphabet's characters over the average
+      character's.  Alphabets differ: at the threshold that keeps 99% of all 5 validation alphabets'
+      known queries together, one rejects none of its own and another 1.8%, so a threshold fitted to
+      the average alphabet breaks its promise on a wider one.  The tails of single alphabets are too
+      few queries to fit to (one alphabet's 1% tail moves from 23 to 41 between shapes), their mean
+      spreads are steady, so the margin is the widest mean spread (version 5: 1.20 times the
+      average): the default keeps 99% of the known queries of alphabets whose drawings spread that
+      much wider than the validation alphabets do on average.
+    """
+    shapes = [open_set_episodes(embeddings, ways, shots, OPEN_SET_EPISODES[ways], seed + i, cosine)
+              for i, (ways, shots) in enumerate(OPEN_SET_SHAPES)]
+
+    def known_tails(scale: float) -> np.ndarray:
+        return np.array([np.quantile((s["distance"] / (1 + scale / s["shots"]))[s["known"]], KNOWN_ACCEPTANCE)
+                         for s in shapes])
+
+    shot_scale = float(min(SHOT_SCALE_GRID, key=lambda scale: np.ptp(np.log(known_tails(scale)))))
+    distance = np.concatenate([s["distance"] / (1 + shot_scale / s["shots"]) for s in shapes]).astype(np.float64)
+    known = np.concatenate([s["known"] for s in shapes])
+    fitted = {**_logistic(distance, known), "shot_scale": shot_scale}
+
+    # Each class's spread: the mean squared distance of its drawings from their mean, as the head sees them.
+    drawings = torch.from_numpy(embeddings)
+    drawings = as_head_input(drawings, torch.tensor(cosine)).numpy()
+    spread = ((drawings - drawings.mean(1, keepdims=True)) ** 2).sum(-1).mean(1)
+    widest = max(spread[alphabets == name].mean() for name in np.unique(alphabets)) / spread.mean()
+    limit = widest * known_tails(shot_scale).max()
+    return {**fitted, "threshold": float(OpenSetCalibration(fitted["midpoint"], fitted["width"], 0.0)
+                                         .known_score(np.array([limit]), np.array([1.0]))[0])}
+
+
+def _logistic(distance: np.ndarray, known: np.ndarray) -> dict[str, float]:
+    """``known(u) = 1 / (1 + exp((u − midpoint) / width))`` by maximum likelihood."""
+    u = torch.from_numpy(distance)
+    target = torch.from_numpy(known).double()
+    scale = float(u.std())
+    midpoint = torch.tensor(float(u.median()) / scale, dtype=torch.float64, requires_grad=True)
     log_width = torch.zeros((), dtype=torch.float64, requires_grad=True)
     _minimise([midpoint, log_width], lambda: torch.nn.functional.binary_cross_entropy_with_logits(
-        (midpoint - distance / scale) / log_width.exp(), target))
-    fitted = {"midpoint": float(midpoint.detach()) * scale, "width": float(log_width.detach().exp()) * scale}
-    scores = OpenSetCalibration(fitted["midpoint"], fitted["width"], threshold=0.0).known_score(known)
-    threshold = float(np.quantile(scores, 1 - KNOWN_ACCEPTANCE))
-    return {**fitted, "threshold": threshold}
+        (midpoint - u / scale) / log_width.exp(), target))
+    return {"midpoint": float(midpoint.detach()) * scale, "width": float(log_width.detach().exp()) * scale}
+

@@ -37,6 +37,7 @@ from metalearn.heads import FineTuneHead, LinearHead, PrototypeHead
 OPSET = 17
 DEFAULT_STEPS = 10
 DEFAULT_L2 = 0.0
+OPEN_SET_LINE = "- open-set calibration"
 
 
 def next_version(model_dir: Path) -> str:
@@ -91,6 +92,12 @@ def export_heads(directory: Path, embedding_size: int) -> None:
                  "probabilities": {0: "query_items", 1: "classes"}, "distance": {0: "query_items"}})
 
 
+def open_set_line(open_set: dict) -> str:
+    """The model card's line on the open-set calibration (:mod:`metalearn.recalibrate` rewrites it)."""
+    return (f"{OPEN_SET_LINE} (known-score midpoint, width, shot scale, default threshold): "
+            f"`{json.dumps(open_set)}`")
+
+
 def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str) -> str:
     summary = checkpoint.get("summary", {})
     train_config = checkpoint["config"]
@@ -118,7 +125,7 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         "",
         "## Served defaults (fitted on validation episodes)",
         f"- temperatures: `{json.dumps(config['temperature'])}`",
-        f"- open-set calibration (known-score midpoint, width, default threshold): `{json.dumps(config['open_set'])}`",
+        open_set_line(config["open_set"]),
         f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
         f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
         "",
@@ -150,8 +157,9 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True),
     }
     learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
-    open_set = {distance: calibration.fit_open_set(*calibration.nearest_class_distances(
-                    backbone, val_data, 400, seed=3, cosine=distance == "cosine"))
+    with torch.no_grad():
+        val_embeddings = calibration.embed_classes(lambda x: backbone(torch.from_numpy(x)).numpy(), val_data)
+    open_set = {distance: calibration.fit_open_set(val_embeddings, val_data.alphabets, cosine=distance == "cosine")
                 for distance in ("euclidean", "cosine")}
     config = {
         "backbone": "backbone.onnx",

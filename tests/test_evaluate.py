@@ -9,8 +9,8 @@ from metalearn_server.execution.repository import BUNDLED_REPOSITORY
 
 @pytest.mark.parametrize("method", ["prototype", "finetune", "transductive"])
 def test_grpc_and_in_process_agree(server, evaluation_data, method):
-    local = evaluate(in_process(BUNDLED_REPOSITORY).classify, evaluation_data, 5, 1, method, episodes=30, seed=3)
-    remote = evaluate(over_grpc(server.target).classify, evaluation_data, 5, 1, method, episodes=30, seed=3)
+    local = evaluate(in_process(BUNDLED_REPOSITORY), evaluation_data, 5, 1, method, episodes=30, seed=3)
+    remote = evaluate(over_grpc(server.target), evaluation_data, 5, 1, method, episodes=30, seed=3)
     assert remote.mean == pytest.approx(local.mean, abs=1 / (30 * 75))  # at most one query in 30 episodes differs
     assert remote.ece == pytest.approx(local.ece, abs=1e-3)
     assert local.ci95 > 0 and local.episodes == 30
@@ -62,6 +62,6 @@ def test_step_sweep_spans_chunks_and_agrees_with_evaluate(evaluation_data, monke
     # K = 0 is the prototype head for both methods: the same accuracy in both column groups ...
     assert cells[0][1:3] == cells[0][4:6]
     # ... and the same as the harness's own prototype evaluation of those episodes.
-    prototype = evaluate(in_process(BUNDLED_REPOSITORY).classify, evaluation_data, 5, 1, "prototype", episodes=5, seed=4)
+    prototype = evaluate(in_process(BUNDLED_REPOSITORY), evaluation_data, 5, 1, "prototype", episodes=5, seed=4)
     assert cells[0][1] == f"{100 * prototype.mean:.2f} ± {100 * prototype.ci95:.2f}"
     assert all(cell.endswith(" ms") for row in cells for cell in (row[3], row[6]))

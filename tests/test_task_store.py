@@ -20,7 +20,8 @@ class Clock:
 
 
 WEIGHT, BIAS = np.zeros((2, 4), np.float32), np.zeros(2, np.float32)
-HEAD = Head(WEIGHT, BIAS, distance="euclidean", temperature=1.0, prototype_weight=WEIGHT, prototype_bias=BIAS)
+HEAD = Head(WEIGHT, BIAS, distance="euclidean", temperature=1.0, prototype_weight=WEIGHT, prototype_bias=BIAS,
+            shots=np.ones(2, np.float32))
 
 
 def make_store(max_tasks: int = 3) -> tuple[TaskStore, Clock, list[str]]:
@@ -100,7 +101,7 @@ def test_bytes_bound_evicts_least_recently_used_and_refuses_oversized_tasks():
         get(store, second)
     assert get(store, third) and store.nbytes == 3 * HEAD.nbytes and evictions == ["capacity"]
     big = Head(np.zeros((64, 64), np.float32), np.zeros(64, np.float32), "euclidean", 1.0,
-               np.zeros((64, 64), np.float32), np.zeros(64, np.float32))
+               np.zeros((64, 64), np.float32), np.zeros(64, np.float32), np.ones(64, np.float32))
     with pytest.raises(ResourceExhausted, match="use fewer classes"):
         asyncio.run(store.add(model=None, classes=("a", "b"), head=big, method="finetune", distance="euclidean",
                               ttl_seconds=0))

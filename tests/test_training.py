@@ -152,7 +152,7 @@ def test_short_training_improves_validation_and_exports_a_servable_model(tmp_pat
     np.testing.assert_allclose(session.run(None, {"images": images})[0],
                                backbone(torch.from_numpy(images)).detach().numpy(), rtol=1e-3, atol=1e-4)
 
-    accuracy = evaluate(in_process(tmp_path / "repository").classify, load_split("evaluation"), 5, 1, "prototype",
+    accuracy = evaluate(in_process(tmp_path / "repository"), load_split("evaluation"), 5, 1, "prototype",
                         episodes=20)
     assert 0.2 < accuracy.mean <= 1 and accuracy.ci95 > 0
     json.dumps(summary)  # the summary is what the model card is written from

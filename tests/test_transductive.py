@@ -19,7 +19,8 @@ def model():
 def clustered(model, rng: np.random.Generator, shots: int, queries: int):
     """Three classes whose items lie at about the calibration's midpoint distance from their class
     mean, so the known-scores κ spread over (0, 1) and weigh the queries unequally."""
-    size, midpoint = model.config.embedding_size, model.config.open_set["euclidean"].midpoint
+    calibration = model.config.open_set["euclidean"]
+    size, midpoint = model.config.embedding_size, calibration.midpoint * (1 + calibration.shot_scale / shots)
     centres = rng.normal(0, 1, (3, size)).astype(np.float32) * 2
     noise = np.sqrt(midpoint / size)  # a query's squared distance to its mean: ≈ (0.93² + 0.5² / shots) · midpoint
     support = np.repeat(centres, shots, 0) + rng.normal(0, noise * 0.5, (3 * shots, size)).astype(np.float32)
@@ -41,7 +42,9 @@ def reference(model, support, onehot, queries, rounds):
         return e / e.sum(1, keepdims=True)
 
     centres = onehot.T @ support / onehot.sum(0)[:, None]
-    known = 1 / (1 + np.exp((distances(centres).min(1) - calibration.midpoint) / calibration.width))
+    nearest_shots = onehot.sum(0)[distances(centres).argmin(1)]
+    normalised = distances(centres).min(1) / (1 + calibration.shot_scale / nearest_shots)
+    known = 1 / (1 + np.exp((normalised - calibration.midpoint) / calibration.width))
     for _ in range(rounds):
         weights = known[:, None] * softmax(-distances(centres) / temperature)
         centres = (onehot.T @ support + weights.T @ queries) / (onehot.sum(0) + weights.sum(0))[:, None]

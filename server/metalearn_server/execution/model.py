@@ -48,6 +48,7 @@ class Head:
     # known-score measures the distance to the class prototypes whatever the method.
     prototype_weight: np.ndarray
     prototype_bias: np.ndarray
+    shots: np.ndarray  # [classes] support items of each class, which the known-score allows for
 
     @property
     def adapted(self) -> bool:
@@ -55,7 +56,7 @@ class Head:
 
     @property
     def nbytes(self) -> int:
-        own = self.weight.nbytes + self.bias.nbytes
+        own = self.weight.nbytes + self.bias.nbytes + self.shots.nbytes
         return own + (self.prototype_weight.nbytes + self.prototype_bias.nbytes if self.adapted else 0)
 
 
@@ -117,7 +118,7 @@ class FewShotModel:
                 "learning_rate": np.array(adaptation.learning_rate, np.float32),
                 "l2": np.array(adaptation.l2, np.float32),
             })
-        return Head(weight, bias, distance, temperature, prototype_weight, prototype_bias)
+        return Head(weight, bias, distance, temperature, prototype_weight, prototype_bias, support_onehot.sum(0))
 
     def head(self, method: str, support: np.ndarray, support_onehot: np.ndarray, distance: str,
              adaptation: Adaptation, queries: np.ndarray | None) -> Head:
@@ -150,7 +151,7 @@ class FewShotModel:
             return head
         items = np.concatenate([support, queries])
         probabilities, nearest = self._linear(queries, head.weight, head.bias, head)
-        known = self.config.open_set[head.distance].known_score(nearest)[:, None]
+        known = self._known(probabilities, nearest, head)[:, None]
         for round_ in range(rounds):
             if round_:  # the last round's probabilities are left to score()
                 probabilities, _ = self._linear(queries, weight, bias, head)
@@ -158,14 +159,22 @@ class FewShotModel:
                 "support": items, "support_onehot": np.concatenate([support_onehot, known * probabilities]),
                 "cosine": np.array(head.distance == "cosine"),
             })
-        return Head(weight, bias, head.distance, head.temperature, head.prototype_weight, head.prototype_bias)
+        return Head(weight, bias, head.distance, head.temperature, head.prototype_weight, head.prototype_bias,
+                    head.shots)
 
     def score(self, queries: np.ndarray, head: Head) -> Scores:
         """Class probabilities of query embeddings under ``head``, and how likely each is any class at all."""
         probabilities, nearest = self._linear(queries, head.weight, head.bias, head)
-        if head.adapted:
-            _, nearest = self._linear(queries, head.prototype_weight, head.prototype_bias, head)
-        return Scores(probabilities, self.config.open_set[head.distance].known_score(nearest))
+        if not head.adapted:
+            return Scores(probabilities, self._known(probabilities, nearest, head))
+        prototype_probabilities, nearest = self._linear(queries, head.prototype_weight, head.prototype_bias, head)
+        return Scores(probabilities, self._known(prototype_probabilities, nearest, head))
+
+    def _known(self, prototype_probabilities: np.ndarray, nearest: np.ndarray, head: Head) -> np.ndarray:
+        """Known-scores from the prototype head's answer: the distance to the nearest class, allowing for
+        that class's shot count (the most probable class is the nearest prototype)."""
+        shots = head.shots[prototype_probabilities.argmax(1)]
+        return self.config.open_set[head.distance].known_score(nearest, shots)
 
     def _linear(self, queries: np.ndarray, weight: np.ndarray, bias: np.ndarray, head: Head) -> list[np.ndarray]:
         return list(run(self.linear_head, {

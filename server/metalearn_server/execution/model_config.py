@@ -130,10 +130,12 @@ class ModelConfig:
         for distance in DISTANCES:
             section = _field(open_set_raw, distance, dict, "open_set")
             where = f"open_set.{distance}"
-            calibration = OpenSetCalibration(*(float(_field(section, k, (int, float), where))
-                                               for k in ("midpoint", "width", "threshold")))
-            if not (calibration.width > 0 and 0 <= calibration.threshold <= 1):
-                raise ConfigError(f"{where}: width must be positive and threshold within [0, 1]")
+            calibration = OpenSetCalibration(
+                *(float(_field(section, k, (int, float), where)) for k in ("midpoint", "width", "threshold")),
+                # Absent from configs exported before the known-score allowed for the shot count.
+                shot_scale=float(_field(section, "shot_scale", (int, float), where)) if "shot_scale" in section else 0.0)
+            if not (calibration.width > 0 and 0 <= calibration.threshold <= 1 and calibration.shot_scale >= 0):
+                raise ConfigError(f"{where}: width must be positive, threshold within [0, 1] and shot_scale >= 0")
             open_set[distance] = calibration
         if not all(t > 0 and math.isfinite(t) for t in temperature.values()):
             raise ConfigError(f"temperature: must be positive, got {temperature}")

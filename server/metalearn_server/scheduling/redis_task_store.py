@@ -43,7 +43,7 @@ def encode(task: Task) -> bytes:
     meta = {"model": task.model.name, "version": task.model.version, "classes": list(task.classes),
             "method": task.method, "distance": task.distance, "temperature": head.temperature,
             "expires_at": task.expires_at, "adapted": head.adapted}
-    arrays = {"weight": head.weight, "bias": head.bias}
+    arrays = {"weight": head.weight, "bias": head.bias, "shots": head.shots}
     if head.adapted:
         arrays.update(prototype_weight=head.prototype_weight, prototype_bias=head.prototype_bias)
     buffer = io.BytesIO()
@@ -56,12 +56,16 @@ def decode(task_id: str, data: bytes, repository: ModelRepository) -> Task:
         meta = json.loads(str(arrays["meta"]))
         weight, bias = arrays["weight"], arrays["bias"]
         prototype = (arrays["prototype_weight"], arrays["prototype_bias"]) if meta["adapted"] else (weight, bias)
+        shots = arrays["shots"] if "shots" in arrays.files else None
     try:
         model = repository.get(meta["model"], meta["version"])
     except NotFound:
         raise NotFound(f"task {excerpt(task_id)} was made with model {meta['model']} version {meta['version']}, which "
                        "this server does not serve (any more); create the task again") from None
-    head = Head(weight, bias, meta["distance"], meta["temperature"], *prototype)
+    if shots is None:
+        raise NotFound(f"task {excerpt(task_id)} was stored by an older server, without its classes' shot counts; "
+                       "create the task again")
+    head = Head(weight, bias, meta["distance"], meta["temperature"], *prototype, shots)
     return Task(task_id, model, tuple(meta["classes"]), head, meta["method"], meta["distance"], meta["expires_at"])
 
 
