@@ -126,8 +126,8 @@ def operations(client) -> list[tuple[int, Callable[[], None]]]:
 class Hostile:
     """The hostile traffic of the second phase, in threads of its own; outcomes it did not expect are counted."""
 
-    def __init__(self, target: str, repository: Path, unexpected: Counter, lock: threading.Lock) -> None:
-        self.target, self.repository, self.unexpected, self.lock = target, repository, unexpected, lock
+    def __init__(self, target: str, repository: Path, model: str, unexpected: Counter, lock: threading.Lock) -> None:
+        self.target, self.repository, self.model, self.unexpected, self.lock = target, repository, model, unexpected, lock
         self.stop = threading.Event()
         self.outcomes: Counter = Counter()
         self._threads = [threading.Thread(target=run, daemon=True) for run in (self._flood, self._walk_away,
@@ -210,7 +210,7 @@ class Hostile:
 
     def _deploy(self) -> None:
         """Broken versions appear (written elsewhere, moved in) and are removed again, one every few seconds."""
-        model_dir = next(p for p in self.repository.iterdir() if p.is_dir())
+        model_dir = self.repository / self.model  # the default image model: the broken configs edit its preprocessing
         good = max((p for p in model_dir.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
         number = 1000
         while not self.stop.is_set():
@@ -241,8 +241,8 @@ def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[
     unexpected: Counter = Counter()
     windows: list[Window] = []
     lock = threading.Lock()
-    hostile = Hostile(server.target, repository, unexpected, lock)
     clients = [Client(server.target, timeout=60) for _ in range(CALLERS)]  # one connection each
+    hostile = Hostile(server.target, repository, clients[0].get_model().name, unexpected, lock)
     try:
         mixes = [operations(client) for client in clients]
         served = threading.local()

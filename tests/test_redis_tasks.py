@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 
-from helpers import as_tensor, free_port, labels_of, start_server, stop_server
+from helpers import as_tensor, eventually, free_port, labels_of, start_server, stop_server
 from metalearn_client import Client, MetalearnError
 from test_metrics import scrape, value
 
@@ -58,8 +58,9 @@ def test_a_task_created_on_one_replica_serves_on_another(tmp_path, redis_url, ep
             assert error.value.code == grpc.StatusCode.NOT_FOUND
 
             kept = a.create_task(support, labels)
-            time.sleep(0.8)
-            assert value(scrape(second), "metalearn_tasks") >= 1 and value(scrape(second), "metalearn_task_bytes") > 0
+            # The gauges follow Redis at each store check (app.STORE_CHECK_SECONDS).
+            eventually(lambda: value(scrape(second), "metalearn_tasks") >= 1
+                       and value(scrape(second), "metalearn_task_bytes") > 0, seconds=5)
             b.delete_task(kept.task_id)
     finally:
         stop_server(first)
