@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from metalearn.v1 import fewshot_pb2, fewshot_pb2_grpc, tensor_pb2
 
-from helpers import start_server, status_of, stop_server
+from helpers import eventually, start_server, status_of, stop_server
 from metalearn_client import Client, MetalearnError
 from test_metrics import scrape, value
 
@@ -113,7 +113,12 @@ def test_an_answer_too_big_to_send_is_refused_before_any_work(tmp_path):
         with Client(server.target, max_message_bytes=64 << 20) as client:
             with pytest.raises(MetalearnError) as error:
                 client.classify(SMALL[0].repeat(52, axis=0)[:512], labels, SMALL[2].repeat(40, axis=0), top_k=512)
-        text = scrape(server)
+        # The server counts a call as it finishes it, which may be just after the caller has its answer.
+        def counted() -> str:
+            text = scrape(server)
+            return text if value(text, "metalearn_requests_total", rpc="Classify") else ""
+
+        text = eventually(counted)
     finally:
         server.process.kill()
     assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
