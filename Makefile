@@ -117,8 +117,9 @@ bench: dev
 	$(BIN)/python -m metalearn.benchmark $(BENCH_ARGS)
 	$(BIN)/python -m metalearn.benchmark_text $(TEXT_BENCH_ARGS)
 
-# Mixed RPCs at concurrency 32 for SOAK_MINUTES (default 5) on loopback; writes docs/benchmarks/soak.md
-# and fails on any unexpected error, RSS growth over 10% or p99 drift over 2x.
+# Mixed RPCs at concurrency 32 for SOAK_MINUTES (default 5) on loopback, hostile traffic in the second half
+# (maximal floods, walk-aways, broken versions); writes docs/benchmarks/soak.md and fails on any unexpected
+# outcome, RSS over 2 GiB or not coming back, or the mix's p99 under hostile traffic over 2x the quiet one.
 soak: dev
 	$(BIN)/python -m metalearn.soak --minutes $(or $(SOAK_MINUTES),5)
 
