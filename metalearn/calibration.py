@@ -14,7 +14,8 @@
   (``n`` the nearest class's shots; :mod:`metalearn_server.execution.open_set`),
   fitted on validation episodes of every shape a caller is promised (5 and 20
   ways; 1, 2, 5, 10 and unequal 1 to 10 shots) whose queries are half from the
-  episode's classes and half from other characters; and the default rejection
+  episode's classes and half from other characters (for a text model: out-of-scope
+  requests, which are no intent at all); and the default rejection
   threshold, which keeps 99% of the known queries of every validation
   alphabet in every one of those shapes.
 """
