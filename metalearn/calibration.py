@@ -14,7 +14,8 @@
   (``n`` the nearest class's shots; :mod:`metalearn_server.execution.open_set`),
   fitted on validation episodes of every shape a caller is promised (5 and 20
   ways; 1, 2, 5, 10 and unequal 1 to 10 shots) whose queries are half from the
-  episode's classes and half from other characters; and the default rejection
+  episode's classes and half from other characters (for a text model: out-of-scope
+  requests, which are no intent at all); and the default rejection
   threshold, which keeps 99% of the known queries of every validation
   alphabet in every one of those shapes.
 """
@@ -123,31 +124,42 @@ def embed_classes(embed: Callable[[np.ndarray], np.ndarray], data: FewShotImages
 
 @torch.no_grad()
 def open_set_episodes(embeddings: np.ndarray, ways: int, shots: int | tuple[int, int], episodes: int, seed: int,
-                      cosine: bool, queries: int = 5) -> dict[str, np.ndarray]:
+                      cosine: bool, queries: int = 5, outsiders: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Per query of open-set episodes (as many outside queries as known ones): its squared distance to
-    the nearest class under the prototype head, that class's shots, whether it is known, and its class."""
+    the nearest class under the prototype head, that class's shots, whether it is known, and its class
+    (-1 for an outsider).  The outside queries are drawings of further classes, or, given ``outsiders``
+    ``[M, D]`` (a text split's out-of-scope requests, which belong to no class), drawn from those."""
     flag, out = torch.tensor(cosine), {"distance": [], "shots": [], "known": [], "classes": []}
     # The sampler draws indices, so episodes come from the cached embeddings without touching an image.
     classes, drawers = embeddings.shape[:2]
     index = FewShotImages(np.arange(classes * drawers).reshape(classes, drawers), np.zeros(classes))
     sampler = EpisodeSampler(index, ways=ways, shots=shots, queries=queries, seed=seed)
     flat = torch.from_numpy(embeddings.reshape(classes * drawers, -1))
+    rng = np.random.default_rng(seed)
     for _ in range(episodes):
-        episode, strangers = sampler.sample_open_set(unknown_ways=ways)
-        items = np.concatenate([episode.query, strangers])
+        episode, strangers = sampler.sample_open_set(unknown_ways=0 if outsiders is not None else ways)
+        if outsiders is None:
+            items = np.concatenate([episode.query, strangers])
+            vectors, item_classes = flat[items], items // drawers
+        else:
+            picked = rng.choice(len(outsiders), len(episode.query), replace=False)
+            vectors = torch.cat([flat[episode.query], torch.from_numpy(outsiders[picked])])
+            item_classes = np.concatenate([episode.query // drawers, np.full(len(picked), -1)])
         onehot = torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), ways).float()
         weight, bias = prototype_init(flat[episode.support], onehot, flag)
-        probabilities, distance = LinearHead()(flat[items], weight, bias, flag, torch.tensor(1.0))
+        probabilities, distance = LinearHead()(vectors, weight, bias, flag, torch.tensor(1.0))
         out["distance"].append(distance.numpy())
         out["shots"].append(onehot.sum(0).numpy()[probabilities.argmax(1).numpy()])
-        out["known"].append(np.arange(len(items)) < len(episode.query))
-        out["classes"].append(items // drawers)
+        out["known"].append(np.arange(len(vectors)) < len(episode.query))
+        out["classes"].append(item_classes)
     return {key: np.concatenate(values) for key, values in out.items()}
 
 
-def fit_open_set(embeddings: np.ndarray, alphabets: np.ndarray, cosine: bool, seed: int = 3) -> dict[str, float]:
+def fit_open_set(embeddings: np.ndarray, alphabets: np.ndarray, cosine: bool, seed: int = 3,
+                 outsiders: np.ndarray | None = None) -> dict[str, float]:
     """The known-score's shot scale, logistic and default threshold from validation ``embeddings``
-    ``[classes, drawers, D]`` (``alphabets[c]`` names class c's alphabet).
+    ``[classes, drawers, D]`` (``alphabets[c]`` names class c's alphabet, or a text class's domain),
+    with outside queries from further classes or from ``outsiders`` (see :func:`open_set_episodes`).
 
     * ``shot_scale``: the one under which the distance that 99% of known queries stay within is most
       alike across the shapes (version 5: 0.8, about 30 at every shape, where the raw distance's is
@@ -163,7 +175,8 @@ def fit_open_set(embeddings: np.ndarray, alphabets: np.ndarray, cosine: bool, se
       average): the default keeps 99% of the known queries of alphabets whose drawings spread that
       much wider than the validation alphabets do on average.
     """
-    shapes = [open_set_episodes(embeddings, ways, shots, OPEN_SET_EPISODES[ways], seed + i, cosine)
+    shapes = [open_set_episodes(embeddings, ways, shots, OPEN_SET_EPISODES[ways], seed + i, cosine,
+                                outsiders=outsiders)
               for i, (ways, shots) in enumerate(OPEN_SET_SHAPES)]
 
     def known_tails(scale: float) -> np.ndarray:
@@ -183,6 +196,13 @@ def fit_open_set(embeddings: np.ndarray, alphabets: np.ndarray, cosine: bool, se
     limit = widest * known_tails(shot_scale).max()
     return {**fitted, "threshold": float(OpenSetCalibration(fitted["midpoint"], fitted["width"], 0.0)
                                          .known_score(np.array([limit]), np.array([1.0]))[0])}
+
+
+def fit_open_sets(embeddings: np.ndarray, alphabets: np.ndarray,
+                  outsiders: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """A config's ``open_set`` section: :func:`fit_open_set` for each distance."""
+    return {distance: fit_open_set(embeddings, alphabets, cosine=distance == "cosine", outsiders=outsiders)
+            for distance in ("euclidean", "cosine")}
 
 
 def _logistic(distance: np.ndarray, known: np.ndarray) -> dict[str, float]:

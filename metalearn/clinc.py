@@ -61,6 +61,15 @@ class FewShotTexts:
         labels = np.repeat(np.arange(self.num_classes), [len(group) for group in self.texts])
         return texts, labels
 
+    def by_class(self, embeddings: np.ndarray) -> np.ndarray:
+        """Embeddings ``[N, D]`` of :meth:`flat`'s texts as ``[classes, texts per class, D]``, the layout
+        :mod:`metalearn.calibration`'s open-set fit samples from (every CLINC intent has as many
+        requests in a split)."""
+        sizes = {len(group) for group in self.texts}
+        if len(sizes) != 1:
+            raise ValueError(f"intents have {sorted(sizes)} requests; the open-set fit needs as many in each")
+        return embeddings.reshape(self.num_classes, sizes.pop(), -1)
+
 
 def load(split: str, directory: str | os.PathLike | None = None) -> FewShotTexts:
     """The ``split`` requests (``train``, ``val`` or ``test``) of that split's domains."""

@@ -15,11 +15,12 @@ published (no meta-training, fp32 PyTorch) with prototypes, and a TF-IDF
 nearest-centroid baseline (scikit-learn; word and bigram TF-IDF fitted on
 the training domains' requests, cosine to the support class means).
 
-Open set: each 5-way episode's 75 queries are mixed with 75 of CLINC's
-out-of-scope test requests (``oos_test``, none of them any intent); the AUROC
-of the served known-score, and at the model's default rejection threshold the
-accuracy on known queries (a rejected one counts as wrong) and the share of
-outsiders rejected.
+Open set, in the same columns (``--open-set-only``: nothing else): each
+episode's queries are mixed with as many of CLINC's out-of-scope test requests
+(``oos_test``, none of them any intent); the AUROC of the served known-score,
+and at the model's default rejection threshold the share of known queries it
+rejects, the accuracy on known queries (a rejected one counts as wrong) and the
+share of outsiders rejected.
 """
 from __future__ import annotations
 
@@ -97,11 +98,12 @@ def evaluate_row(row: Row, data: clinc.FewShotTexts, ways: int, shots: int, same
 
 
 def evaluate_open_set(scorer: Scorer, embeddings: np.ndarray, outsiders: np.ndarray, data: clinc.FewShotTexts,
-                      shots: int, threshold: float, episodes: int, seed: int) -> OpenSet:
-    sampler = clinc.TextEpisodeSampler(data, 5, shots, QUERIES, seed=seed)
+                      ways: int, shots: int, same_domain: bool, threshold: float, episodes: int,
+                      seed: int) -> OpenSet:
+    sampler = clinc.TextEpisodeSampler(data, ways, shots, QUERIES, seed=seed, same_domain=same_domain)
     rng = np.random.default_rng(seed)
     known_scores, unknown_scores, correct = [], [], []
-    for _ in tqdm(range(episodes), desc=f"open set 5-way {shots}-shot", leave=False, disable=None):
+    for _ in tqdm(range(episodes), desc=f"open set {ways}-way {shots}-shot", leave=False, disable=None):
         episode = sampler.sample()
         strangers = outsiders[rng.choice(len(outsiders), len(episode.query), replace=False)]
         probs, known = scorer(embeddings[episode.support], episode.support_labels,
@@ -110,10 +112,11 @@ def evaluate_open_set(scorer: Scorer, embeddings: np.ndarray, outsiders: np.ndar
         known_scores.append(known[:inside])
         unknown_scores.append(known[inside:])
         correct.append(probs[:inside].argmax(1) == episode.query_labels)
-    known_all, unknown_all = np.concatenate(known_scores), np.concatenate(unknown_scores)
+    known_all, unknown_all, right = np.concatenate(known_scores), np.concatenate(unknown_scores), np.concatenate(correct)
     accepted = known_all >= threshold
-    return OpenSet(5, shots, auroc(known_all, unknown_all), float((np.concatenate(correct) & accepted).mean()),
-                   float((unknown_all < threshold).mean()), threshold, episodes)
+    return OpenSet(ways, shots, auroc(known_all, unknown_all), float((right & accepted).mean()),
+                   float((unknown_all < threshold).mean()), threshold, episodes, float((~accepted).mean()),
+                   float(right.mean()))
 
 
 def column_name(ways: int, shots: int, same_domain: bool) -> str:
@@ -144,7 +147,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", help="CLINC150 folder (default: $METALEARN_CLINC_DATA or ../shared/data/clinc150)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     parser.add_argument("--write-card", action="store_true", help="put the tables into the version's MODEL_CARD.md")
+    parser.add_argument("--open-set-only", action="store_true",
+                        help="only the open-set table (the served model's; for a recalibrated open set)")
     args = parser.parse_args(argv)
+    if args.write_card and args.open_set_only:
+        parser.error("--write-card writes the whole accuracy section: run it without --open-set-only")
 
     import torch
 
@@ -161,21 +168,23 @@ def main(argv: list[str] | None = None) -> None:
     embeddings = served.embed(texts + outsider_texts)
     per_text = (time.perf_counter() - started) / len(embeddings)
     embeddings, outsiders = embeddings[: len(texts)], embeddings[len(texts):]
-    frozen, tokenizer_json = load_pretrained()
-    frozen_embeddings = embed_texts(frozen, make_tokenizer(tokenizer_json, served.config.text.max_tokens), texts)
-    train_texts, _ = clinc.load("train", args.data).flat()
-    rows = [Row(f"meta-trained, {name}", embeddings, served_scorers(served, method))
-            for method, name in (("prototype", "prototypes"), ("finetune", "fast adaptation"),
-                                 ("transductive", "transductive"))]
-    rows += [Row("frozen encoder, prototypes", frozen_embeddings, served_scorers(served, "prototype")),
-             Row("TF-IDF nearest centroid", tfidf_features(train_texts, texts), nearest_centroid)]
-    results = [evaluate_row(row, data, ways, shots, same, args.episodes, args.seed)[0]
-               for row in rows for ways, shots, same in COLUMNS]
+    results, rows = [], []
+    if not args.open_set_only:
+        frozen, tokenizer_json = load_pretrained()
+        frozen_embeddings = embed_texts(frozen, make_tokenizer(tokenizer_json, served.config.text.max_tokens), texts)
+        train_texts, _ = clinc.load("train", args.data).flat()
+        rows = [Row(f"meta-trained, {name}", embeddings, served_scorers(served, method))
+                for method, name in (("prototype", "prototypes"), ("finetune", "fast adaptation"),
+                                     ("transductive", "transductive"))]
+        rows += [Row("frozen encoder, prototypes", frozen_embeddings, served_scorers(served, "prototype")),
+                 Row("TF-IDF nearest centroid", tfidf_features(train_texts, texts), nearest_centroid)]
+        results = [evaluate_row(row, data, ways, shots, same, args.episodes, args.seed)[0]
+                   for row in rows for ways, shots, same in COLUMNS]
     threshold = served.config.open_set[served.config.default_distance].threshold
-    open_set = [evaluate_open_set(served_scorers(served, "prototype"), embeddings, outsiders, data, shots, threshold,
-                                  args.episodes, args.seed) for shots in (1, 5)]
+    open_set = [evaluate_open_set(served_scorers(served, "prototype"), embeddings, outsiders, data, ways, shots, same,
+                                  threshold, args.episodes, args.seed) for ways, shots, same in COLUMNS]
     accuracy, outside = table(results, [row.name for row in rows]), open_set_table(open_set)
-    print(accuracy, "", outside, "", f"served backbone: {1000 * per_text:.2f} ms per text "
+    print(*([accuracy, ""] if rows else []), outside, "", f"served backbone: {1000 * per_text:.2f} ms per text "
           f"({len(texts) + len(outsider_texts)} texts in batches of {served.batch_items}, {args.threads} threads)",
           sep="\n")
     if args.json:

@@ -159,8 +159,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
     learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
     with torch.no_grad():
         val_embeddings = calibration.embed_classes(lambda x: backbone(torch.from_numpy(x)).numpy(), val_data)
-    open_set = {distance: calibration.fit_open_set(val_embeddings, val_data.alphabets, cosine=distance == "cosine")
-                for distance in ("euclidean", "cosine")}
+    open_set = calibration.fit_open_sets(val_embeddings, val_data.alphabets)
     config = {
         "backbone": "backbone.onnx",
         "heads": {"prototype": "prototype_head.onnx", "finetune": "finetune_head.onnx", "linear": "linear_head.onnx"},

@@ -15,8 +15,10 @@ writes ``<repository>/<name>/<version>/`` holding
   ``max_tokens``, run by the ``tokenizers`` library in the server;
 * the three head graphs of :mod:`metalearn.heads` and ``config.json``
   (``input.kind: "text"``), with temperatures, the fast-adaptation learning
-  rate and the open-set calibration fitted on the validation domains, whose
-  out-of-scope validation requests (``oos_val``) are the open-set outsiders;
+  rate and the open-set calibration (:func:`metalearn.calibration.fit_open_sets`,
+  the shot-aware known-score of the image models) fitted on the validation
+  domains, whose out-of-scope validation requests (``oos_val``) are the
+  open-set outsiders;
 * ``MODEL_CARD.md``.
 """
 from __future__ import annotations
@@ -30,8 +32,7 @@ import numpy as np
 import torch
 
 from metalearn import calibration, clinc
-from metalearn.export import export_heads, export_onnx, next_version
-from metalearn.heads import LinearHead, prototype_init
+from metalearn.export import export_heads, export_onnx, next_version, open_set_line
 from metalearn.minilm import load_pretrained
 from metalearn.text_encoding import make_tokenizer, onnx_embedder
 from metalearn.train_text import prototype_accuracy
@@ -71,22 +72,6 @@ def episodes(embeddings: np.ndarray, data: clinc.FewShotTexts, count: int, shots
     return out
 
 
-@torch.no_grad()
-def nearest_class_distances(embeddings: np.ndarray, outsiders: np.ndarray, data: clinc.FewShotTexts,
-                            count: int, seed: int, cosine: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Distances to the nearest support class of episode queries and of out-of-scope requests."""
-    flag, known, unknown = torch.tensor(cosine), [], []
-    rng = np.random.default_rng(seed)
-    for shots in (1, 5):
-        for support, onehot, queries, _ in episodes(embeddings, data, count // 2, shots, seed + shots):
-            strangers = torch.from_numpy(outsiders[rng.choice(len(outsiders), len(queries), replace=False)])
-            weight, bias = prototype_init(support, onehot, flag)
-            _, distance = LinearHead()(torch.cat([queries, strangers]), weight, bias, flag, torch.tensor(1.0))
-            known.append(distance[: len(queries)].numpy())
-            unknown.append(distance[len(queries):].numpy())
-    return np.concatenate(known), np.concatenate(unknown)
-
-
 def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str,
                quantization: dict) -> str:
     summary, train_config = checkpoint.get("summary", {}), checkpoint["config"]
@@ -118,7 +103,7 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         "",
         "## Served defaults (fitted on validation episodes)",
         f"- temperatures: `{json.dumps(config['temperature'])}`",
-        f"- open-set calibration (known-score midpoint, width, default threshold): `{json.dumps(config['open_set'])}`",
+        open_set_line(config["open_set"]),
         f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
         f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
         "",
@@ -161,9 +146,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
     temperature = {"euclidean": calibration.fit_temperature(one_shot + five_shot, cosine=False),
                    "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True)}
     learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
-    open_set = {distance: calibration.fit_open_set(*nearest_class_distances(
-                    embeddings, outsiders, val_data, 400, seed=3, cosine=distance == "cosine"))
-                for distance in ("euclidean", "cosine")}
+    open_set = calibration.fit_open_sets(val_data.by_class(embeddings), np.array(val_data.domains), outsiders)
     config = {
         "backbone": "backbone.onnx",
         "heads": {"prototype": "prototype_head.onnx", "finetune": "finetune_head.onnx", "linear": "linear_head.onnx"},

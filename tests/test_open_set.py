@@ -55,6 +55,22 @@ def test_a_1_shot_and_a_10_shot_episode_keep_99_percent_of_known_queries():
     assert known_rejected(blind, test, 1, seed=1) > 5 * (1 - KNOWN_ACCEPTANCE)
 
 
+def test_outsiders_of_no_class_calibrate_a_text_models_score():
+    """A text split's outsiders are requests of no intent (CLINC's ``oos_val``), not further classes."""
+    rng = np.random.default_rng(1)
+    validation, domains = synthetic_classes(rng, 30)  # as many classes as CLINC's two validation domains
+    outsiders = synthetic_classes(rng, 100)[0][:, 0]  # one item each from 100 clouds that are no class
+    calibration = OpenSetCalibration(**fit_open_set(validation, domains, cosine=False, outsiders=outsiders))
+    assert calibration.shot_scale > 0.5
+    test, _ = synthetic_classes(rng, 60)
+    for shots in (1, 10):
+        assert known_rejected(calibration, test, shots, seed=shots) <= 1 - KNOWN_ACCEPTANCE
+    # Items from no class at all score below the threshold: the logistic learnt the outsiders' distances.
+    strangers = synthetic_classes(rng, 20)[0][:, 0]
+    distance = ((strangers[:, None] - test[:WAYS, :1]) ** 2).sum(-1).min(1)
+    assert (calibration.known_score(distance, np.ones(len(distance))) < calibration.threshold).mean() > 0.9
+
+
 @pytest.mark.parametrize("shots", [1, 10])
 def test_served_defaults_keep_known_queries_at_1_and_10_shots(client, evaluation_data, shots):
     """The bundled default model, through a server, on a 20-way episode from held-out alphabets."""

@@ -31,6 +31,15 @@ def test_one_domain_episodes_draw_neighbouring_intents():
     assert not set(episode.support) & set(episode.query)
 
 
+def test_validation_texts_lay_out_by_intent_for_the_open_set_fit():
+    """The open-set fit samples ``[intents, requests, D]``: row c must hold intent c's requests only."""
+    data = clinc.load("val")
+    _, labels = data.flat()
+    laid_out = data.by_class(labels[:, None].astype(np.float32))
+    assert laid_out.shape == (30, 20, 1) and (laid_out[..., 0] == np.arange(30)[:, None]).all()
+    assert len(data.outsiders) == 100  # oos_val: enough outsiders for a 20-way episode of 5 queries a class
+
+
 def test_the_published_encoder_loads_and_embeds_paraphrases_together():
     encoder, tokenizer_json = load_pretrained()
     tokenizer = make_tokenizer(tokenizer_json, 32)
