@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import itertools
 import json
 import random
 import shutil
@@ -245,11 +246,11 @@ def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[
     hostile = Hostile(server.target, repository, clients[0].get_model().name, unexpected, lock)
     try:
         mixes = [operations(client) for client in clients]
-        served = threading.local()
+        served, turns = threading.local(), itertools.count()
 
         def one() -> None:
-            if not hasattr(served, "mix"):  # each thread keeps to one caller's connection
-                served.mix = mixes[threading.get_ident() % CALLERS]
+            if not hasattr(served, "mix"):  # each thread keeps to one caller's connection, callers in turn
+                served.mix = mixes[next(turns) % CALLERS]
             weights, calls = zip(*served.mix)
             call = random.choices(calls, weights)[0]
             try:

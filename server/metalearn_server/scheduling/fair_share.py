@@ -10,14 +10,9 @@ caller sending requests of thousands of images gets the same share of the
 model as one sending five, so neither starves the other, and between two
 callers a small request waits for at most one step of a big one.
 
-The workers take steps themselves, the moment they finish the last one
-(handing each slot back through the event loop left the model idle whenever
-the loop was busy with other calls).  But a caller may not run ahead: its
-next step waits while it has used more than :data:`QUANTUM` seconds beyond
-the least-served caller in flight, even with a worker free, so a flood of
-huge requests cannot fill every moment a small caller's request spends
-outside the model (being read, answered, its next step being set up) and
-take the CPU those moments need.
+The workers take steps themselves, the moment they finish the last one, so
+the model never idles while steps wait (handing each slot back through the
+event loop left it idle whenever the loop was busy with other calls).
 
 A caller's record lives while it has requests in flight (:meth:`join` …
 :meth:`leave`); one that comes back starts level with the least-served
@@ -31,9 +26,6 @@ from collections import Counter, deque
 from typing import Generic, TypeVar
 
 S = TypeVar("S")
-#: Model seconds a caller may be ahead of the least-served caller in flight and still start a step: about
-#: one backbone chunk, so two busy callers alternate chunk by chunk.
-QUANTUM = 0.05
 
 
 class FairShare(Generic[S]):
@@ -56,7 +48,6 @@ class FairShare(Generic[S]):
             self._requests[caller] -= 1
             if not self._requests[caller]:
                 del self._requests[caller], self._used[caller]
-                self._lock.notify_all()  # the least served may have gone: a caller held back may go on
 
     def put(self, caller: str, step: S) -> None:
         """``step`` of ``caller`` waits for a worker."""
@@ -68,32 +59,22 @@ class FairShare(Generic[S]):
         """For a worker: the next step in fair turn and its caller, waiting for one; None once closed and
         nothing waits any more."""
         with self._lock:
-            while (caller := self._next()) is None:
-                if self._closed and not self._waiting:
+            while not self._waiting:
+                if self._closed:
                     return None
                 self._lock.wait()
+            caller = min(self._waiting, key=lambda c: self._used.get(c, 0.0))
             queue = self._waiting[caller]
             step = queue.popleft()
             if not queue:
                 del self._waiting[caller]
             return caller, step
 
-    def _next(self) -> str | None:
-        """The least-served waiting caller, unless it is more than a quantum ahead of a caller in flight
-        (one whose request is between steps); at shutdown, anyone, so that everything waiting drains."""
-        if not self._waiting:
-            return None
-        caller = min(self._waiting, key=lambda c: self._used.get(c, 0.0))
-        if self._closed or self._used.get(caller, 0.0) <= min(self._used.values(), default=0.0) + QUANTUM:
-            return caller
-        return None
-
     def charge(self, caller: str, seconds: float) -> None:
         """A step of ``caller`` took ``seconds`` of model time."""
         with self._lock:
             if caller in self._used:
                 self._used[caller] += seconds
-                self._lock.notify_all()  # the least served may have moved on: a caller held back may go on
 
     def close(self) -> None:
         """No more steps: workers drain what waits, then :meth:`take` answers None."""
