@@ -518,6 +518,14 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_report(out: Path, name: str, result: dict, markdown: Callable[[dict], str]) -> None:
+    """``<out>/<name>.json`` and ``.md``, and the markdown on stdout."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(result, indent=2))
+    (out / f"{name}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=2.0, help="measured time per cell")
@@ -537,10 +545,7 @@ def main(argv: list[str] | None = None) -> None:
     result = run(args.seconds, args.warmup, shapes, concurrency,
                  min(args.soak_requests, 2_000) if args.quick else args.soak_requests, args.server_arg, args.version,
                  args.triton_peer)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_report(args.out, args.name, result, markdown)
 
 
 if __name__ == "__main__":

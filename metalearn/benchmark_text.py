@@ -15,14 +15,13 @@ Results go to ``docs/benchmarks/<name>.json`` and ``.md``.
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from metalearn import clinc
-from metalearn.benchmark import Cell, ServerProcess, Shape, closed_loop, machine, summarise
+from metalearn.benchmark import Cell, ServerProcess, Shape, closed_loop, machine, summarise, write_report
 
 MODEL = "text-minilm"
 EPISODE = Shape("text 5-way 5-shot, 75 queries", 5, 5, 75)
@@ -119,10 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--server-arg", action="append", default=[], help="extra metalearn-server flag (repeatable)")
     args = parser.parse_args(argv)
     result = run(args.seconds, args.warmup, (1, 16), args.server_arg)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.json").write_text(json.dumps(result, indent=2))
-    (args.out / f"{args.name}.md").write_text(markdown(result))
-    print(markdown(result))
+    write_report(args.out, args.name, result, markdown)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,18 @@ def export_heads(directory: Path, embedding_size: int) -> None:
                  "probabilities": {0: "query_items", 1: "classes"}, "distance": {0: "query_items"}})
 
 
+def served_defaults(config: dict) -> list[str]:
+    """The model card's section on what the version serves by default (every exporter's card has it)."""
+    return [
+        "## Served defaults (fitted on validation episodes)",
+        f"- temperatures: `{json.dumps(config['temperature'])}`",
+        open_set_line(config["open_set"]),
+        f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
+        f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
+        "",
+    ]
+
+
 def open_set_line(open_set: dict) -> str:
     """The model card's line on the open-set calibration (:mod:`metalearn.recalibrate` rewrites it)."""
     return (f"{OPEN_SET_LINE} (known-score midpoint, width, shot scale, default threshold): "
@@ -123,12 +135,7 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         f"{summary.get('threads', 'an unrecorded number of')} CPU threads, {summary.get('precision', 'fp32')} "
         "backbone arithmetic",
         "",
-        "## Served defaults (fitted on validation episodes)",
-        f"- temperatures: `{json.dumps(config['temperature'])}`",
-        open_set_line(config["open_set"]),
-        f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
-        f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
-        "",
+        *served_defaults(config),
     ]
     return "\n".join(lines)
 

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from metalearn import calibration, clinc
-from metalearn.export import export_heads, export_onnx, next_version, open_set_line
+from metalearn.export import export_heads, export_onnx, next_version, served_defaults
 from metalearn.minilm import load_pretrained
 from metalearn.text_encoding import make_tokenizer, onnx_embedder
 from metalearn.train_text import prototype_accuracy
@@ -101,12 +101,7 @@ def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha
         f"- served graph: {quantization['served']}; validation 5-way 1-shot accuracy fp32 "
         f"{quantization['fp32']:.4f}, int8 {quantization['int8']:.4f}",
         "",
-        "## Served defaults (fitted on validation episodes)",
-        f"- temperatures: `{json.dumps(config['temperature'])}`",
-        open_set_line(config["open_set"]),
-        f"- default method `{config['defaults']['method']}`, distance `{config['defaults']['distance']}`,",
-        f"  adaptation `{json.dumps(config['defaults']['adaptation'])}`",
-        "",
+        *served_defaults(config),
     ]
     return "\n".join(lines)
 
