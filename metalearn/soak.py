@@ -6,13 +6,14 @@ first, then under hostile traffic.
 Every RPC of the API is in the mix (Classify with tensors and with PNG files,
 CreateTask/ClassifyTask/DeleteTask, StreamClassifyTask, Embed, ListModels,
 GetModel) plus malformed requests that must come back INVALID_ARGUMENT, sent
-by four callers (connections) of eight clients each, as several backends
+by four callers (bearer tokens) of eight clients each, as several backends
 would.  The second half of the run adds hostile traffic beside that mix:
 
 * a caller flooding the server with the largest requests the default limits
   allow (2,048 support and 4,096 query tensors, 19 MB), back to back;
 * a caller sending such requests and walking away from each (cancelling it
-  after 0.1 to 1 s);
+  after 0.1 to 1 s); it and the flood run in a process of their own, each
+  with a token of its own, as callers on other machines would;
 * broken model versions appearing in the repository the server watches and
   going again (a config whose input shape is not the backbone's, heads
   swapped, a wrong embedding size), which must be refused, never served.
@@ -33,6 +34,7 @@ import argparse
 import io
 import itertools
 import json
+import multiprocessing
 import random
 import shutil
 import statistics
@@ -124,90 +126,127 @@ def operations(client) -> list[tuple[int, Callable[[], None]]]:
     ]
 
 
+CLASSIFY = "/metalearn.v1.FewShotService/Classify"
+
+
+def maximal_request() -> bytes:
+    """The largest Classify the default limits allow (2,048 support and 4,096 query tensors, 19 MB), serialized."""
+    from metalearn.v1 import fewshot_pb2, tensor_pb2
+
+    rng = np.random.default_rng(0)
+
+    def items(count: int) -> tensor_pb2.Items:
+        data = rng.standard_normal((count, 1, 28, 28)).astype(np.float32)
+        return tensor_pb2.Items(tensor=tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=data.shape,
+                                                         data=data.tobytes()))
+
+    return fewshot_pb2.ClassifyRequest(
+        support=fewshot_pb2.SupportSet(items=items(2048), labels=[f"c{i % 512}" for i in range(2048)]),
+        queries=items(4096)).SerializeToString()
+
+
+def hostile_callers(target: str, stop, outcomes) -> None:
+    """The flooding and the walking-away caller, in a process of their own, as they would be on machines of
+    their own: what their clients spend (CPU, the GIL) is not charged to the mix's clients.  They send the
+    request's bytes as made once and take answers unparsed, as a cheap attacker would; each outcome goes
+    to ``outcomes`` (a queue), None last."""
+    import grpc
+
+    request = maximal_request()
+
+    def classify(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+        return channel.unary_unary(CLASSIFY)  # no (de)serializers: bytes in, bytes out
+
+    def flood() -> None:
+        with _channel(target) as channel:
+            call = classify(channel)
+            while not stop.is_set():
+                try:
+                    call(request, timeout=300, metadata=(("authorization", "Bearer soak-flooding-caller"),))
+                    outcomes.put("flood OK")
+                except grpc.RpcError as error:
+                    outcomes.put(f"flood {error.code().name}")
+                    stop.wait(0.2)
+
+    def walk_away() -> None:
+        rng = random.Random(1)
+        with _channel(target) as channel:
+            call = classify(channel)
+            while not stop.is_set():
+                pending = call.future(request, timeout=300,
+                                      metadata=(("authorization", "Bearer soak-walking-away-caller"),))
+                stop.wait(rng.uniform(0.1, 1.0))
+                pending.cancel()
+                try:
+                    pending.result()
+                    outcomes.put("walked away OK")
+                except grpc.FutureCancelledError:
+                    outcomes.put("walked away CANCELLED")
+                except grpc.RpcError as error:
+                    outcomes.put(f"walked away {error.code().name}")
+
+    threads = [threading.Thread(target=run) for run in (flood, walk_away)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    outcomes.put(None)
+
+
+def _channel(target: str):
+    import grpc
+
+    return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 64 << 20),
+                                                  ("grpc.max_receive_message_length", 64 << 20)])
+
+
 class Hostile:
-    """The hostile traffic of the second phase, in threads of its own; outcomes it did not expect are counted."""
+    """The hostile traffic of the second phase: the flooding and walking-away callers in a process of their own
+    (:func:`hostile_callers`), broken deploys in a thread; outcomes it did not expect are counted."""
+
+    EXPECTED = {"flood OK", "flood RESOURCE_EXHAUSTED", "walked away OK", "walked away CANCELLED",
+                "walked away RESOURCE_EXHAUSTED", "broken version deployed"}
 
     def __init__(self, target: str, repository: Path, model: str, unexpected: Counter, lock: threading.Lock) -> None:
         self.target, self.repository, self.model, self.unexpected, self.lock = target, repository, model, unexpected, lock
         self.stop = threading.Event()
         self.outcomes: Counter = Counter()
-        self._threads = [threading.Thread(target=run, daemon=True) for run in (self._flood, self._walk_away,
-                                                                                 self._deploy)]
+        spawn = multiprocessing.get_context("spawn")  # gRPC must not be forked
+        self._stop_callers, self._queue = spawn.Event(), spawn.Queue()
+        self._callers = spawn.Process(target=hostile_callers, args=(target, self._stop_callers, self._queue),
+                                      daemon=True)
+        self._threads = [threading.Thread(target=run, daemon=True) for run in (self._collect, self._deploy)]
 
     @property
     def started(self) -> bool:
-        return any(thread.ident is not None for thread in self._threads)
+        return self._callers.pid is not None
 
     def start(self) -> None:
+        self._callers.start()
         for thread in self._threads:
             thread.start()
 
     def close(self) -> None:
         self.stop.set()
+        if self._callers.pid is not None:
+            self._stop_callers.set()
+            self._callers.join(timeout=120)
+            if self._callers.is_alive():
+                self._callers.kill()
+                self._queue.put(None)
         for thread in self._threads:
             if thread.ident is not None:
                 thread.join(timeout=120)
 
-    def _count(self, outcome: str, expected: set[str]) -> None:
+    def _count(self, outcome: str) -> None:
         with self.lock:
             self.outcomes[outcome] += 1
-            if outcome not in expected:
+            if outcome not in self.EXPECTED:
                 self.unexpected[f"hostile {outcome}"] += 1
 
-    @staticmethod
-    def maximal():
-        from metalearn.v1 import fewshot_pb2, tensor_pb2
-
-        rng = np.random.default_rng(0)
-
-        def items(count: int) -> tensor_pb2.Items:
-            data = rng.standard_normal((count, 1, 28, 28)).astype(np.float32)
-            return tensor_pb2.Items(tensor=tensor_pb2.Tensor(dtype=tensor_pb2.DATA_TYPE_FLOAT32, shape=data.shape,
-                                                             data=data.tobytes()))
-
-        return fewshot_pb2.ClassifyRequest(
-            support=fewshot_pb2.SupportSet(items=items(2048), labels=[f"c{i % 512}" for i in range(2048)]),
-            queries=items(4096))
-
-    def _channel(self):
-        import grpc
-
-        return grpc.insecure_channel(self.target, options=[("grpc.max_send_message_length", 64 << 20),
-                                                           ("grpc.max_receive_message_length", 64 << 20)])
-
-    def _flood(self) -> None:
-        import grpc
-        from metalearn.v1 import fewshot_pb2_grpc
-
-        request = self.maximal()
-        with self._channel() as channel:
-            classify = fewshot_pb2_grpc.FewShotServiceStub(channel).Classify
-            while not self.stop.is_set():
-                try:
-                    classify(request, timeout=300)
-                    self._count("flood OK", {"flood OK"})
-                except grpc.RpcError as error:
-                    self._count(f"flood {error.code().name}", {"flood RESOURCE_EXHAUSTED"})
-                    self.stop.wait(0.2)
-
-    def _walk_away(self) -> None:
-        import grpc
-        from metalearn.v1 import fewshot_pb2_grpc
-
-        request, rng = self.maximal(), random.Random(1)
-        with self._channel() as channel:
-            classify = fewshot_pb2_grpc.FewShotServiceStub(channel).Classify
-            while not self.stop.is_set():
-                call = classify.future(request, timeout=300)
-                self.stop.wait(rng.uniform(0.1, 1.0))
-                call.cancel()
-                try:
-                    call.result()
-                    self._count("walked away OK", {"walked away OK"})
-                except grpc.FutureCancelledError:
-                    self._count("walked away CANCELLED", {"walked away CANCELLED"})
-                except grpc.RpcError as error:
-                    self._count(f"walked away {error.code().name}", {"walked away RESOURCE_EXHAUSTED"})
+    def _collect(self) -> None:
+        while (outcome := self._queue.get()) is not None:
+            self._count(outcome)
 
     def _deploy(self) -> None:
         """Broken versions appear (written elsewhere, moved in) and are removed again, one every few seconds."""
@@ -224,7 +263,7 @@ class Hostile:
                 staging.rename(model_dir / str(number))
                 self.stop.wait(3.0)
                 shutil.rmtree(model_dir / str(number))
-                self._count("broken version deployed", {"broken version deployed"})
+                self._count("broken version deployed")
                 number += 1
                 if self.stop.is_set():
                     return
@@ -242,7 +281,9 @@ def soak(minutes: float, concurrency: int, window_seconds: float) -> tuple[list[
     unexpected: Counter = Counter()
     windows: list[Window] = []
     lock = threading.Lock()
-    clients = [Client(server.target, timeout=60) for _ in range(CALLERS)]  # one connection each
+    # Each caller has a bearer token of its own, as separate backends would: the server's fair share tells
+    # callers apart by token (channels to one target from one process share one connection, and so one peer).
+    clients = [Client(server.target, timeout=60, token=f"soak-mix-caller-{i}") for i in range(CALLERS)]
     hostile = Hostile(server.target, repository, clients[0].get_model().name, unexpected, lock)
     try:
         mixes = [operations(client) for client in clients]

@@ -17,7 +17,7 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
 
     async def Classify(self, request: fewshot_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyResponse:
         result = await self.dataplane.classify(codec.support_request(request), codec.query_request(request))
-        return codec.fill_classification(fewshot_pb2.ClassifyResponse(
+        return await codec.classification(fewshot_pb2.ClassifyResponse(
             model=result.model, model_version=result.model_version, method=codec.METHOD_ENUMS[result.method],
             distance=codec.DISTANCE_ENUMS[result.distance]), result)
 
@@ -32,14 +32,14 @@ class FewShotServicer(fewshot_pb2_grpc.FewShotServiceServicer):
 
     async def ClassifyTask(self, request: fewshot_pb2.ClassifyTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.ClassifyTaskResponse:
         result = await self.dataplane.classify_task(request.task_id, codec.query_request(request), "ClassifyTask")
-        return codec.fill_classification(fewshot_pb2.ClassifyTaskResponse(task_id=request.task_id), result)
+        return await codec.classification(fewshot_pb2.ClassifyTaskResponse(task_id=request.task_id), result)
 
     async def StreamClassifyTask(self, requests: AsyncIterator[fewshot_pb2.StreamClassifyTaskRequest],
                                  context: grpc.aio.ServicerContext) -> AsyncIterator[fewshot_pb2.StreamClassifyTaskResponse]:
         async for request in requests:
             result = await self.dataplane.classify_task(request.task_id, codec.query_request(request),
                                                         "StreamClassifyTask")
-            yield codec.fill_classification(fewshot_pb2.StreamClassifyTaskResponse(task_id=request.task_id), result)
+            yield await codec.classification(fewshot_pb2.StreamClassifyTaskResponse(task_id=request.task_id), result)
 
     async def DeleteTask(self, request: fewshot_pb2.DeleteTaskRequest, context: grpc.aio.ServicerContext) -> fewshot_pb2.DeleteTaskResponse:
         await self.dataplane.delete_task(request.task_id)
