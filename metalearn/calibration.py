@@ -33,8 +33,8 @@ from metalearn.episodes import EpisodeSampler
 from metalearn.heads import FineTuneHead, LinearHead, as_head_input, prototype_init
 from metalearn_server.execution.open_set import OpenSetCalibration
 
-#: Half-decades up to the server's largest accepted learning rate (validation.Limits.max_learning_rate):
-#: unit-length text embeddings at a temperature near 0.1 have other best rates than 64-d image ones.
+#: Half-decades up to the largest learning rate the server accepts (validation.Limits.max_learning_rate),
+#: so the fit can choose any rate a caller could send.
 LEARNING_RATE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -112,7 +112,7 @@ def fit_adaptation(shapes: list[list[tuple[torch.Tensor, ...]]], temperature: fl
                    l2: float) -> tuple[dict[str, float], dict[tuple[int, float], list[float]]]:
     """The served ``adaptation`` defaults: the (steps, learning rate) of ``steps_grid`` × :data:`LEARNING_RATE_GRID`
     with the best mean validation accuracy over the episode ``shapes`` (ties: fewer steps, then the smaller
-    rate), and every grid point's accuracies per shape (for the model card and the fit's report)."""
+    rate), and every grid point's accuracies per shape (which ``recalibrate --adaptation`` prints)."""
     grid = {(steps, rate): [adaptation_accuracy(episodes, temperature, steps, rate, l2) for episodes in shapes]
             for steps in sorted(steps_grid) for rate in LEARNING_RATE_GRID}
     steps, rate = max(grid, key=lambda point: (float(np.mean(grid[point])), -point[0], -point[1]))
