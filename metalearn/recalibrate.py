@@ -79,13 +79,15 @@ def refit_adaptation(embeddings: np.ndarray, val_data: clinc.FewShotTexts, tempe
     """A text model's ``defaults.adaptation`` from its validation embeddings; prints the grid it chose from."""
     shapes = export_text.validation_shapes(embeddings, val_data)
     fitted, grid = export_text.fit_adaptation(shapes, temperature)
-    header = " / ".join(column_name(*column) for column in COLUMNS)
-    print(f"validation accuracy after adaptation ({header}; prototypes: "
-          f"{' / '.join(f'{100 * calibration.adaptation_accuracy(e, temperature, 0, 1.0, 0.0):.2f}' for e in shapes)}):",
-          file=sys.stderr)
+    def percent(accuracies: list[float]) -> str:
+        return " / ".join(f"{100 * accuracy:.2f}" for accuracy in accuracies)
+
+    prototypes = [calibration.adaptation_accuracy(episodes, temperature, 0, 1.0, 0.0) for episodes in shapes]
+    print(f"validation accuracy after adaptation ({' / '.join(column_name(*column) for column in COLUMNS)}; "
+          f"prototypes: {percent(prototypes)}):", file=sys.stderr)
     for (steps, rate), accuracies in grid.items():
-        print(f"  steps {steps:3d} learning rate {rate:6g}: {' / '.join(f'{100 * a:.2f}' for a in accuracies)}"
-              f"  mean {100 * np.mean(accuracies):.2f}", file=sys.stderr)
+        mean = 100 * np.mean(accuracies)
+        print(f"  steps {steps:3d} learning rate {rate:6g}: {percent(accuracies)}  mean {mean:.2f}", file=sys.stderr)
     return fitted
 
 
