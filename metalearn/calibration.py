@@ -3,8 +3,10 @@
 * The softmax temperature of each distance (temperature scaling, Guo et al.
   2017): raw negative distances between 64-d embeddings are in the hundreds,
   so an untempered softmax says 1.0 for nearly every query, right or wrong.
-* The fast-adaptation learning rate, picked from a grid for the default step
-  count by 5-shot validation accuracy.
+* The fast-adaptation step count and learning rate, picked from grids by
+  validation accuracy after adaptation (mean over the episode shapes given:
+  an image model's 5-way 5-shot at its default 10 steps, a text model's
+  evaluation shapes including 15-way 5-shot within one domain).
 * The open-set score: the probability that a query belongs to any support
   class at all, as a logistic function of its squared distance ``d`` to the
   nearest class divided by how that distance grows with fewer shots,
@@ -31,7 +33,9 @@ from metalearn.episodes import EpisodeSampler
 from metalearn.heads import FineTuneHead, LinearHead, as_head_input, prototype_init
 from metalearn_server.execution.open_set import OpenSetCalibration
 
-LEARNING_RATE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0)
+#: Half-decades up to the largest learning rate the server accepts (validation.Limits.max_learning_rate),
+#: so the fit can choose any rate a caller could send.
+LEARNING_RATE_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
 @torch.no_grad()
@@ -89,22 +93,30 @@ def _minimise(parameters: list[torch.Tensor], loss: Callable[[], torch.Tensor]) 
 
 
 @torch.no_grad()
-def fit_learning_rate(episodes: list[tuple[torch.Tensor, ...]], temperature: float, steps: int, l2: float) -> float:
-    """The grid learning rate with the best validation accuracy after ``steps`` steps (ties: the smaller)."""
+def adaptation_accuracy(episodes: list[tuple[torch.Tensor, ...]], temperature: float, steps: int,
+                        learning_rate: float, l2: float) -> float:
+    """Query accuracy of the fine-tuned head (:class:`FineTuneHead`, euclidean) over ``episodes``."""
     adapt, score = FineTuneHead(), LinearHead()
     cosine, temperature_ = torch.tensor(False), torch.tensor(temperature)
-    best_rate, best_accuracy = LEARNING_RATE_GRID[0], -1.0
-    for rate in LEARNING_RATE_GRID:
-        correct = total = 0
-        for support, onehot, query, labels in episodes:
-            weight, bias = adapt(support, onehot, cosine, temperature_, torch.tensor(steps),
-                                 torch.tensor(rate), torch.tensor(l2))
-            probs, _ = score(query, weight, bias, cosine, temperature_)
-            correct += int((probs.argmax(-1) == labels).sum())
-            total += len(labels)
-        if correct / total > best_accuracy:
-            best_rate, best_accuracy = rate, correct / total
-    return best_rate
+    correct = total = 0
+    for support, onehot, query, labels in episodes:
+        weight, bias = adapt(support, onehot, cosine, temperature_, torch.tensor(steps),
+                             torch.tensor(learning_rate), torch.tensor(l2))
+        probs, _ = score(query, weight, bias, cosine, temperature_)
+        correct += int((probs.argmax(-1) == labels).sum())
+        total += len(labels)
+    return correct / total
+
+
+def fit_adaptation(shapes: list[list[tuple[torch.Tensor, ...]]], temperature: float, steps_grid: tuple[int, ...],
+                   l2: float) -> tuple[dict[str, float], dict[tuple[int, float], list[float]]]:
+    """The served ``adaptation`` defaults: the (steps, learning rate) of ``steps_grid`` × :data:`LEARNING_RATE_GRID`
+    with the best mean validation accuracy over the episode ``shapes`` (ties: fewer steps, then the smaller
+    rate), and every grid point's accuracies per shape (which ``recalibrate --adaptation`` prints)."""
+    grid = {(steps, rate): [adaptation_accuracy(episodes, temperature, steps, rate, l2) for episodes in shapes]
+            for steps in sorted(steps_grid) for rate in LEARNING_RATE_GRID}
+    steps, rate = max(grid, key=lambda point: (float(np.mean(grid[point])), -point[0], -point[1]))
+    return {"steps": steps, "learning_rate": rate, "l2": l2}, grid
 
 
 KNOWN_ACCEPTANCE = 0.99

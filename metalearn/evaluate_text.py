@@ -13,7 +13,12 @@ layer) with prototypes, fast adaptation and the transductive refinement;
 beside it in the same run, on the same episodes, the sentence encoder as
 published (no meta-training, fp32 PyTorch) with prototypes, and a TF-IDF
 nearest-centroid baseline (scikit-learn; word and bigram TF-IDF fitted on
-the training domains' requests, cosine to the support class means).
+the training domains' requests, cosine to the support class means).  Each
+cell is the accuracy with the served defaults (a query whose known-score is
+below the model's default rejection threshold is answered "unknown", which
+counts as wrong; the baselines have no rejection and answer every query), then
+with rejection off, the share of these known queries the default rejects and
+the expected calibration error.
 
 Open set, in the same columns (``--open-set-only``: nothing else): each
 episode's queries are mixed with as many of CLINC's out-of-scope test requests
@@ -49,6 +54,9 @@ class Row:
     name: str
     features: np.ndarray  # one row per test text (flat order of FewShotTexts.flat)
     scorer: Scorer
+    #: Known-score below which a query is answered "unknown": the served model's default; 0 for the
+    #: baselines, which have no calibrated rejection and answer every query.
+    threshold: float = 0.0
 
 
 def served_scorers(model, method: str) -> Scorer:
@@ -83,17 +91,21 @@ def evaluate_row(row: Row, data: clinc.FewShotTexts, ways: int, shots: int, same
                  episodes: int, seed: int) -> tuple[Accuracy, float]:
     """Accuracy over episodes, and the median seconds an episode's scoring took."""
     sampler = clinc.TextEpisodeSampler(data, ways, shots, QUERIES, seed=seed, same_domain=same_domain)
-    accuracies, probabilities, labels, seconds = [], [], [], []
+    accuracies, default_accuracies, rejected, probabilities, labels, seconds = [], [], [], [], [], []
     for _ in tqdm(range(episodes), desc=f"{row.name} {ways}-way {shots}-shot", leave=False, disable=None):
         episode = sampler.sample()
         started = time.perf_counter()
-        probs, _ = row.scorer(row.features[episode.support], episode.support_labels, row.features[episode.query])
+        probs, known = row.scorer(row.features[episode.support], episode.support_labels, row.features[episode.query])
         seconds.append(time.perf_counter() - started)
-        accuracies.append(float((probs.argmax(1) == episode.query_labels).mean()))
+        correct, accepted = probs.argmax(1) == episode.query_labels, known >= row.threshold
+        accuracies.append(float(correct.mean()))
+        default_accuracies.append(float((correct & accepted).mean()))
+        rejected.append(float(1 - accepted.mean()))
         probabilities.append(probs)
         labels.append(episode.query_labels)
     accuracy = Accuracy(ways, shots, row.name, float(np.mean(accuracies)), ci95(accuracies),
-                        expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), episodes)
+                        expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), episodes,
+                        float(np.mean(default_accuracies)), ci95(default_accuracies), float(np.mean(rejected)))
     return accuracy, float(np.median(seconds))
 
 
@@ -124,7 +136,7 @@ def column_name(ways: int, shots: int, same_domain: bool) -> str:
 
 
 def table(results: list[Accuracy], rows: list[str]) -> str:
-    header = "| method | " + " | ".join(column_name(*c) for c in COLUMNS) + " |"
+    header = "| method: defaults / rejection off | " + " | ".join(column_name(*c) for c in COLUMNS) + " |"
     lines = [header, "|" + " --- |" * (len(COLUMNS) + 1)]
     for name in rows:
         cells = [next((str(r) for r in results if r.method == name and (r.ways, r.shots) == (w, s)), "–")
@@ -169,18 +181,18 @@ def main(argv: list[str] | None = None) -> None:
     per_text = (time.perf_counter() - started) / len(embeddings)
     embeddings, outsiders = embeddings[: len(texts)], embeddings[len(texts):]
     results, rows = [], []
+    threshold = served.config.open_set[served.config.default_distance].threshold
     if not args.open_set_only:
         frozen, tokenizer_json = load_pretrained()
         frozen_embeddings = embed_texts(frozen, make_tokenizer(tokenizer_json, served.config.text.max_tokens), texts)
         train_texts, _ = clinc.load("train", args.data).flat()
-        rows = [Row(f"meta-trained, {name}", embeddings, served_scorers(served, method))
+        rows = [Row(f"meta-trained, {name}", embeddings, served_scorers(served, method), threshold)
                 for method, name in (("prototype", "prototypes"), ("finetune", "fast adaptation"),
                                      ("transductive", "transductive"))]
         rows += [Row("frozen encoder, prototypes", frozen_embeddings, served_scorers(served, "prototype")),
                  Row("TF-IDF nearest centroid", tfidf_features(train_texts, texts), nearest_centroid)]
         results = [evaluate_row(row, data, ways, shots, same, args.episodes, args.seed)[0]
                    for row in rows for ways, shots, same in COLUMNS]
-    threshold = served.config.open_set[served.config.default_distance].threshold
     open_set = [evaluate_open_set(served_scorers(served, "prototype"), embeddings, outsiders, data, ways, shots, same,
                                   threshold, args.episodes, args.seed) for ways, shots, same in COLUMNS]
     accuracy, outside = table(results, [row.name for row in rows]), open_set_table(open_set)
@@ -194,16 +206,22 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_card(directory: Path, results: str, episodes: int) -> None:
-    """Replace the ``## Accuracy`` section of the model card with these results."""
+    """Replace the tables of the model card's ``## Accuracy`` section (and the paragraph that introduces
+    them) with these results; notes written below the tables, such as an earlier calibration's, stay."""
     card_path = directory / "MODEL_CARD.md"
-    card = card_path.read_text().split("\n## Accuracy")[0].rstrip("\n")
+    card, _, old = card_path.read_text().partition("\n## Accuracy")
+    blocks = old.strip("\n").split("\n\n")
+    first_table = next((i for i, block in enumerate(blocks) if block.startswith("|")), len(blocks))
+    notes = next((i for i in range(first_table, len(blocks)) if not blocks[i].startswith("|")), len(blocks))
     section = (f"## Accuracy\n\nCLINC150 `test` requests of the held-out domains {', '.join(clinc.TEST_DOMAINS)}, "
-               f"{episodes} episodes per cell, {QUERIES} queries per class, mean ± 95% confidence interval, expected "
+               f"{episodes} episodes per cell, {QUERIES} queries per class, mean ± 95% confidence interval with the "
+               "served defaults (a query below the default rejection threshold counts as wrong; the baselines have "
+               "no rejection) / with rejection off, the share of known queries the default rejects and the expected "
                "calibration error of the served probabilities in brackets (the baselines give one-hot answers); "
                "open set against `oos_test` (`python -m metalearn.evaluate_text`):\n\n"
                f"{results}\n")
-    card_path.write_text(f"{card}\n\n{section}")
-
+    kept = "\n\n".join(blocks[notes:])
+    card_path.write_text(card.rstrip("\n") + f"\n\n{section}" + (f"\n{kept}\n" if kept else ""))
 
 if __name__ == "__main__":
     main()

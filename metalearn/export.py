@@ -93,7 +93,8 @@ def export_heads(directory: Path, embedding_size: int) -> None:
 
 
 def served_defaults(config: dict) -> list[str]:
-    """The model card's section on what the version serves by default (every exporter's card has it)."""
+    """The model card's section on what the version serves by default (every exporter's card has it;
+    :mod:`metalearn.recalibrate` rewrites it after a refit)."""
     return [
         "## Served defaults (fitted on validation episodes)",
         f"- temperatures: `{json.dumps(config['temperature'])}`",
@@ -105,7 +106,7 @@ def served_defaults(config: dict) -> list[str]:
 
 
 def open_set_line(open_set: dict) -> str:
-    """The model card's line on the open-set calibration (:mod:`metalearn.recalibrate` rewrites it)."""
+    """The model card's line on the open-set calibration."""
     return (f"{OPEN_SET_LINE} (known-score midpoint, width, shot scale, default threshold): "
             f"`{json.dumps(open_set)}`")
 
@@ -163,7 +164,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         "euclidean": calibration.fit_temperature(one_shot + five_shot, cosine=False),
         "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True),
     }
-    learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
+    adaptation, _ = calibration.fit_adaptation([five_shot], temperature["euclidean"], (DEFAULT_STEPS,), DEFAULT_L2)
     with torch.no_grad():
         val_embeddings = calibration.embed_classes(lambda x: backbone(torch.from_numpy(x)).numpy(), val_data)
     open_set = calibration.fit_open_sets(val_embeddings, val_data.alphabets)
@@ -184,7 +185,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         "defaults": {
             "method": "prototype",
             "distance": "euclidean",
-            "adaptation": {"steps": DEFAULT_STEPS, "learning_rate": learning_rate, "l2": DEFAULT_L2},
+            "adaptation": adaptation,
         },
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

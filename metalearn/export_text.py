@@ -14,11 +14,11 @@ writes ``<repository>/<name>/<version>/`` holding
 * ``tokenizer.json``: the model's WordPiece tokenizer, truncating to
   ``max_tokens``, run by the ``tokenizers`` library in the server;
 * the three head graphs of :mod:`metalearn.heads` and ``config.json``
-  (``input.kind: "text"``), with temperatures, the fast-adaptation learning
-  rate and the open-set calibration (:func:`metalearn.calibration.fit_open_sets`,
-  the shot-aware known-score of the image models) fitted on the validation
-  domains, whose out-of-scope validation requests (``oos_val``) are the
-  open-set outsiders;
+  (``input.kind: "text"``), with temperatures, the fast-adaptation steps and
+  learning rate (:func:`fit_adaptation`) and the open-set calibration
+  (:func:`metalearn.calibration.fit_open_sets`, the shot-aware known-score of
+  the image models) fitted on the validation domains, whose out-of-scope
+  validation requests (``oos_val``) are the open-set outsiders;
 * ``MODEL_CARD.md``.
 """
 from __future__ import annotations
@@ -32,12 +32,14 @@ import numpy as np
 import torch
 
 from metalearn import calibration, clinc
+from metalearn.evaluate_text import COLUMNS
 from metalearn.export import export_heads, export_onnx, next_version, served_defaults
 from metalearn.minilm import load_pretrained
 from metalearn.text_encoding import make_tokenizer, onnx_embedder
 from metalearn.train_text import prototype_accuracy
 
-DEFAULT_STEPS = 10
+#: Step counts the fit tries, up to the server's largest accepted (validation.Limits.max_adaptation_steps).
+ADAPTATION_STEPS = (10, 25, 50, 100)
 DEFAULT_L2 = 0.0
 FEEDS = ["input_ids", "attention_mask"]
 
@@ -59,17 +61,33 @@ def quantize(source: Path, target: Path) -> None:
                      op_types_to_quantize=["MatMul", "Gather"])
 
 
-def episodes(embeddings: np.ndarray, data: clinc.FewShotTexts, count: int, shots: int,
-             seed: int) -> list[tuple[torch.Tensor, ...]]:
+def episodes(embeddings: np.ndarray, data: clinc.FewShotTexts, count: int, shots: int, seed: int,
+             ways: int = 5, same_domain: bool = False) -> list[tuple[torch.Tensor, ...]]:
     """Validation episodes as :mod:`metalearn.calibration` takes them: embedded support, one-hot, queries, labels."""
-    sampler = clinc.TextEpisodeSampler(data, 5, shots, 15, seed=seed)
+    sampler = clinc.TextEpisodeSampler(data, ways, shots, 15, seed=seed, same_domain=same_domain)
     out = []
     for _ in range(count):
         episode = sampler.sample()
         out.append((torch.from_numpy(embeddings[episode.support]),
-                    torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), 5).float(),
+                    torch.nn.functional.one_hot(torch.from_numpy(episode.support_labels), ways).float(),
                     torch.from_numpy(embeddings[episode.query]), torch.from_numpy(episode.query_labels)))
     return out
+
+
+def validation_shapes(embeddings: np.ndarray, data: clinc.FewShotTexts) -> list[list[tuple[torch.Tensor, ...]]]:
+    """200 validation episodes of each shape :mod:`metalearn.evaluate_text` reports (5-way 1-shot, 5-way
+    5-shot, 15-way 5-shot within one domain); the temperatures are fitted on the first two."""
+    return [episodes(embeddings, data, 200, shots, seed=seed, ways=ways, same_domain=same)
+            for seed, (ways, shots, same) in enumerate(COLUMNS, start=1)]
+
+
+def fit_adaptation(shapes: list[list[tuple[torch.Tensor, ...]]],
+                   temperature: float) -> tuple[dict[str, float], dict[tuple[int, float], list[float]]]:
+    """The served fast-adaptation defaults, fitted on the validation ``shapes`` over :data:`ADAPTATION_STEPS`
+    (:func:`metalearn.calibration.fit_adaptation`).  Ten steps are too few here: the support requests sit
+    close to their own prototypes, so the support loss is small from the start and keeps falling (and
+    15-way accuracy rising) up to the server's 100 steps."""
+    return calibration.fit_adaptation(shapes, temperature, ADAPTATION_STEPS, DEFAULT_L2)
 
 
 def model_card(name: str, version: str, checkpoint: dict, config: dict, data_sha: str,
@@ -137,10 +155,10 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
 
     embed = onnx_embedder(str(directory / "backbone.onnx"), tokenizer, threads)
     embeddings, outsiders = embed(val_texts), embed(list(val_data.outsiders))
-    one_shot, five_shot = episodes(embeddings, val_data, 200, 1, seed=1), episodes(embeddings, val_data, 200, 5, seed=2)
-    temperature = {"euclidean": calibration.fit_temperature(one_shot + five_shot, cosine=False),
-                   "cosine": calibration.fit_temperature(one_shot + five_shot, cosine=True)}
-    learning_rate = calibration.fit_learning_rate(five_shot, temperature["euclidean"], DEFAULT_STEPS, DEFAULT_L2)
+    shapes = validation_shapes(embeddings, val_data)
+    temperature = {"euclidean": calibration.fit_temperature(shapes[0] + shapes[1], cosine=False),
+                   "cosine": calibration.fit_temperature(shapes[0] + shapes[1], cosine=True)}
+    adaptation, _ = fit_adaptation(shapes, temperature["euclidean"])
     open_set = calibration.fit_open_sets(val_data.by_class(embeddings), np.array(val_data.domains), outsiders)
     config = {
         "backbone": "backbone.onnx",
@@ -153,7 +171,7 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
         "defaults": {
             "method": "prototype",
             "distance": "euclidean",
-            "adaptation": {"steps": DEFAULT_STEPS, "learning_rate": learning_rate, "l2": DEFAULT_L2},
+            "adaptation": adaptation,
         },
     }
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -111,3 +111,23 @@ def test_temperature_scaling_recovers_the_true_temperature(true_temperature, off
     logits = offset - torch.randn(4000, 5, generator=generator).abs() * spread
     labels = torch.multinomial(torch.softmax(logits / true_temperature, dim=1), 1, generator=generator).squeeze(1)
     assert scaling_temperature(logits, labels) == pytest.approx(true_temperature, rel=0.1)
+
+
+def test_the_adaptation_fit_takes_the_steps_that_fix_what_prototypes_get_wrong():
+    """A support outlier drags class A's prototype away, so the prototype boundary (x = 0) passes through
+    A's cluster at x = 0 and puts A's query at x = 0.2 on B's side; gradient steps on the support loss move
+    the boundary towards the max-margin one between the clusters (x = 0.5).  The fit must find that
+    prototypes (0 steps) are worse, and of the points that get both queries right take the fewest steps,
+    then the smallest rate."""
+    from metalearn.calibration import LEARNING_RATE_GRID, adaptation_accuracy, fit_adaptation
+
+    support = torch.tensor([[0.0, 0.0]] * 3 + [[-4.0, 0.0]] + [[1.0, 0.0]] * 4)
+    onehot = torch.nn.functional.one_hot(torch.tensor([0] * 4 + [1] * 4), 2).float()
+    episode = (support, onehot, torch.tensor([[0.2, 0.0], [0.8, 0.0]]), torch.tensor([0, 1]))
+    assert adaptation_accuracy([episode], 1.0, 0, 1.0, 0.0) == 0.5
+    fitted, grid = fit_adaptation([[episode]], 1.0, (0, 10, 100), 0.0)
+    assert set(grid) == {(steps, rate) for steps in (0, 10, 100) for rate in LEARNING_RATE_GRID}
+    assert grid[fitted["steps"], fitted["learning_rate"]] == [1.0] and fitted["l2"] == 0.0
+    assert fitted["steps"] > 0
+    assert all(accuracy < [1.0] for (steps, rate), accuracy in grid.items()
+               if (steps, rate) < (fitted["steps"], fitted["learning_rate"]))
