@@ -88,8 +88,9 @@ def tfidf_features(train_texts: list[str], texts: list[str]) -> np.ndarray:
 
 
 def evaluate_row(row: Row, data: clinc.FewShotTexts, ways: int, shots: int, same_domain: bool,
-                 episodes: int, seed: int) -> tuple[Accuracy, float]:
-    """Accuracy over episodes, and the median seconds an episode's scoring took."""
+                 episodes: int, seed: int) -> tuple[Accuracy, float, list[float]]:
+    """Accuracy over episodes, the median seconds an episode's scoring took, and each episode's accuracy with
+    rejection off (every row draws the same episodes from the same seed, so rows can be compared pairwise)."""
     sampler = clinc.TextEpisodeSampler(data, ways, shots, QUERIES, seed=seed, same_domain=same_domain)
     accuracies, default_accuracies, rejected, probabilities, labels, seconds = [], [], [], [], [], []
     for _ in tqdm(range(episodes), desc=f"{row.name} {ways}-way {shots}-shot", leave=False, disable=None):
@@ -106,7 +107,7 @@ def evaluate_row(row: Row, data: clinc.FewShotTexts, ways: int, shots: int, same
     accuracy = Accuracy(ways, shots, row.name, float(np.mean(accuracies)), ci95(accuracies),
                         expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), episodes,
                         float(np.mean(default_accuracies)), ci95(default_accuracies), float(np.mean(rejected)))
-    return accuracy, float(np.median(seconds))
+    return accuracy, float(np.median(seconds)), accuracies
 
 
 def evaluate_open_set(scorer: Scorer, embeddings: np.ndarray, outsiders: np.ndarray, data: clinc.FewShotTexts,
@@ -129,6 +130,21 @@ def evaluate_open_set(scorer: Scorer, embeddings: np.ndarray, outsiders: np.ndar
     return OpenSet(ways, shots, auroc(known_all, unknown_all), float((right & accepted).mean()),
                    float((unknown_all < threshold).mean()), threshold, episodes, float((~accepted).mean()),
                    float(right.mean()))
+
+
+def paired_table(per_episode: dict[tuple[str, int, int], list[float]], baseline: str, others: list[str]) -> str:
+    """Each row's accuracy minus ``baseline``'s on the same episodes (rejection off), mean ± 95% interval: two
+    methods' own intervals can overlap while one is better in most episodes."""
+    lines = [f"| paired, minus {baseline} | " + " | ".join(column_name(*c) for c in COLUMNS) + " |",
+             "|" + " --- |" * (len(COLUMNS) + 1)]
+    for name in others:
+        cells = []
+        for ways, shots, _ in COLUMNS:
+            differences = np.subtract(per_episode[name, ways, shots], per_episode[baseline, ways, shots])
+            mean = round(100 * differences.mean(), 2) + 0.0  # no "-0.00"
+            cells.append(f"{mean:+.2f} ± {100 * ci95(list(differences)):.2f}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def column_name(ways: int, shots: int, same_domain: bool) -> str:
@@ -191,11 +207,18 @@ def main(argv: list[str] | None = None) -> None:
                                      ("transductive", "transductive"))]
         rows += [Row("frozen encoder, prototypes", frozen_embeddings, served_scorers(served, "prototype")),
                  Row("TF-IDF nearest centroid", tfidf_features(train_texts, texts), nearest_centroid)]
-        results = [evaluate_row(row, data, ways, shots, same, args.episodes, args.seed)[0]
-                   for row in rows for ways, shots, same in COLUMNS]
+        per_episode = {}
+        for row in rows:
+            for ways, shots, same in COLUMNS:
+                accuracy, _, per_episode[row.name, ways, shots] = evaluate_row(row, data, ways, shots, same,
+                                                                              args.episodes, args.seed)
+                results.append(accuracy)
+        paired = paired_table(per_episode, rows[0].name, [row.name for row in rows[1:3]])
     open_set = [evaluate_open_set(served_scorers(served, "prototype"), embeddings, outsiders, data, ways, shots, same,
                                   threshold, args.episodes, args.seed) for ways, shots, same in COLUMNS]
     accuracy, outside = table(results, [row.name for row in rows]), open_set_table(open_set)
+    if rows:
+        accuracy += "\n\n" + paired
     print(*([accuracy, ""] if rows else []), outside, "", f"served backbone: {1000 * per_text:.2f} ms per text "
           f"({len(texts) + len(outsider_texts)} texts in batches of {served.batch_items}, {args.threads} threads)",
           sep="\n")
@@ -218,7 +241,9 @@ def write_card(directory: Path, results: str, episodes: int) -> None:
                "served defaults (a query below the default rejection threshold counts as wrong; the baselines have "
                "no rejection) / with rejection off, the share of known queries the default rejects and the expected "
                "calibration error of the served probabilities in brackets (the baselines give one-hot answers); "
-               "open set against `oos_test` (`python -m metalearn.evaluate_text`):\n\n"
+               "then each served method minus the prototypes on the same episodes (rejection off, mean ± 95% "
+               "interval of the per-episode differences); open set against `oos_test` "
+               "(`python -m metalearn.evaluate_text`):\n\n"
                f"{results}\n")
     kept = "\n\n".join(blocks[notes:])
     card_path.write_text(card.rstrip("\n") + f"\n\n{section}" + (f"\n{kept}\n" if kept else ""))

@@ -86,3 +86,20 @@ def test_the_card_writer_replaces_the_tables_and_keeps_the_notes_below_them(tmp_
     assert card.endswith("| b |\n| 8 |\n\nA note on an earlier fit:\n\n| c |\n| 3 |\n")
     write_card(tmp_path, "| a |\n| 7 |\n\n| b |\n| 6 |", 10)  # again: the same layout, the notes once
     assert (tmp_path / "MODEL_CARD.md").read_text() == card.replace("| 9 |", "| 7 |").replace("| 8 |", "| 6 |")
+
+
+def test_the_paired_table_compares_methods_on_the_same_episodes():
+    """A method better in every episode by a point is +1.00 ± 0.00 however wide the rows' own intervals are."""
+    from metalearn.evaluate_text import COLUMNS, paired_table
+
+    rng = np.random.default_rng(0)
+    per_episode = {}
+    for ways, shots, _ in COLUMNS:
+        base = rng.uniform(0.5, 1.0, 200)
+        per_episode["prototypes", ways, shots] = list(base)
+        per_episode["better", ways, shots] = list(base + 0.01)
+        per_episode["same", ways, shots] = list(base)
+    lines = paired_table(per_episode, "prototypes", ["better", "same"]).splitlines()
+    assert lines[0].startswith("| paired, minus prototypes |")
+    assert lines[2] == "| better | " + " | ".join(["+1.00 ± 0.00"] * len(COLUMNS)) + " |"
+    assert lines[3] == "| same | " + " | ".join(["+0.00 ± 0.00"] * len(COLUMNS)) + " |"
