@@ -80,6 +80,34 @@ def ci95(accuracies: list[float]) -> float:
     return float(1.96 * np.std(accuracies, ddof=1) / math.sqrt(len(accuracies)))
 
 
+class Tally:
+    """Episode by episode, what an :class:`Accuracy` is made of: each episode's accuracy with rejection off
+    and at ``threshold`` (a query whose known-score is below it answered "unknown", which counts as wrong),
+    the share rejected, and every probability for the calibration error."""
+
+    def __init__(self, threshold: float) -> None:
+        self.threshold = threshold
+        self.accuracies: list[float] = []  # rejection off, one per episode, in order
+        self._default: list[float] = []
+        self._rejected: list[float] = []
+        self._probabilities: list[np.ndarray] = []
+        self._labels: list[np.ndarray] = []
+
+    def add(self, probabilities: np.ndarray, known: np.ndarray, labels: np.ndarray) -> None:
+        correct, accepted = probabilities.argmax(1) == labels, known >= self.threshold
+        self.accuracies.append(float(correct.mean()))
+        self._default.append(float((correct & accepted).mean()))
+        self._rejected.append(float(1 - accepted.mean()))
+        self._probabilities.append(probabilities)
+        self._labels.append(labels)
+
+    def accuracy(self, ways: int, shots: int, method: str) -> Accuracy:
+        return Accuracy(ways, shots, method, float(np.mean(self.accuracies)), ci95(self.accuracies),
+                        expected_calibration_error(np.concatenate(self._probabilities), np.concatenate(self._labels)),
+                        len(self.accuracies), float(np.mean(self._default)), ci95(self._default),
+                        float(np.mean(self._rejected)))
+
+
 def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Guo et al. (2017): the confidence-weighted gap between confidence and accuracy, over equal-width bins."""
     confidence, correct = probabilities.max(1), probabilities.argmax(1) == labels
@@ -156,19 +184,12 @@ def over_grpc(target: str, model: str = "", version: str = "") -> Backend:
 def evaluate(backend: Backend, data: FewShotImages, ways: int, shots: int, method: str,
              episodes: int, queries: int = 15, seed: int = 0) -> Accuracy:
     sampler = EpisodeSampler(data, ways, shots, queries, seed=seed)
-    accuracies, default_accuracies, rejected, probabilities, labels = [], [], [], [], []
+    tally = Tally(backend.rejection_threshold)
     for _ in tqdm(range(episodes), desc=f"{ways}-way {shots}-shot {method}", leave=False):
         episode = sampler.sample()
-        probs, known = backend.classify(episode.support, episode.support_labels, episode.query, method)
-        correct, accepted = probs.argmax(1) == episode.query_labels, known >= backend.rejection_threshold
-        accuracies.append(float(correct.mean()))
-        default_accuracies.append(float((correct & accepted).mean()))
-        rejected.append(float(1 - accepted.mean()))
-        probabilities.append(probs)
-        labels.append(episode.query_labels)
-    return Accuracy(ways, shots, method, float(np.mean(accuracies)), ci95(accuracies),
-                    expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), len(accuracies),
-                    float(np.mean(default_accuracies)), ci95(default_accuracies), float(np.mean(rejected)))
+        tally.add(*backend.classify(episode.support, episode.support_labels, episode.query, method),
+                  episode.query_labels)
+    return tally.accuracy(ways, shots, method)
 
 
 @dataclass(frozen=True)

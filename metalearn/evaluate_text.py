@@ -40,7 +40,7 @@ import numpy as np
 from tqdm import tqdm
 
 from metalearn import clinc
-from metalearn.evaluate import Accuracy, OpenSet, auroc, ci95, expected_calibration_error, open_set_table
+from metalearn.evaluate import Accuracy, OpenSet, Tally, auroc, ci95, open_set_table
 
 #: (ways, shots, one domain per episode).
 COLUMNS = ((5, 1, False), (5, 5, False), (15, 5, True))
@@ -92,22 +92,14 @@ def evaluate_row(row: Row, data: clinc.FewShotTexts, ways: int, shots: int, same
     """Accuracy over episodes, the median seconds an episode's scoring took, and each episode's accuracy with
     rejection off (every row draws the same episodes from the same seed, so rows can be compared pairwise)."""
     sampler = clinc.TextEpisodeSampler(data, ways, shots, QUERIES, seed=seed, same_domain=same_domain)
-    accuracies, default_accuracies, rejected, probabilities, labels, seconds = [], [], [], [], [], []
+    tally, seconds = Tally(row.threshold), []
     for _ in tqdm(range(episodes), desc=f"{row.name} {ways}-way {shots}-shot", leave=False, disable=None):
         episode = sampler.sample()
         started = time.perf_counter()
         probs, known = row.scorer(row.features[episode.support], episode.support_labels, row.features[episode.query])
         seconds.append(time.perf_counter() - started)
-        correct, accepted = probs.argmax(1) == episode.query_labels, known >= row.threshold
-        accuracies.append(float(correct.mean()))
-        default_accuracies.append(float((correct & accepted).mean()))
-        rejected.append(float(1 - accepted.mean()))
-        probabilities.append(probs)
-        labels.append(episode.query_labels)
-    accuracy = Accuracy(ways, shots, row.name, float(np.mean(accuracies)), ci95(accuracies),
-                        expected_calibration_error(np.concatenate(probabilities), np.concatenate(labels)), episodes,
-                        float(np.mean(default_accuracies)), ci95(default_accuracies), float(np.mean(rejected)))
-    return accuracy, float(np.median(seconds)), accuracies
+        tally.add(probs, known, episode.query_labels)
+    return tally.accuracy(ways, shots, row.name), float(np.median(seconds)), tally.accuracies
 
 
 def evaluate_open_set(scorer: Scorer, embeddings: np.ndarray, outsiders: np.ndarray, data: clinc.FewShotTexts,

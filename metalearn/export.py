@@ -188,19 +188,31 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
             "adaptation": adaptation,
         },
     }
+    return write_version(directory, config, model_card(name, directory.name, checkpoint, config,
+                                                       data.file_sha256("background", data_directory)))
+
+
+def write_version(directory: Path, config: dict, card: str) -> Path:
+    """A version folder's config.json and MODEL_CARD.md, written last: the graphs are in place by then."""
     (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    card = model_card(name, directory.name, checkpoint, config, data.file_sha256("background", data_directory))
     (directory / "MODEL_CARD.md").write_text(card)
     return directory
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def exporter_arguments(description: str, name: str, data: str) -> argparse.ArgumentParser:
+    """The options every exporter takes: the checkpoint, where the new version goes, and the training data."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
-    parser.add_argument("--name", default="omniglot-conv4")
+    parser.add_argument("--name", default=name)
     parser.add_argument("--version", help="default: one above the highest version present")
-    parser.add_argument("--data", help="Omniglot folder (default: $METALEARN_DATA or ../shared/data/omniglot)")
+    parser.add_argument("--data", help=data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = exporter_arguments(__doc__, "omniglot-conv4", "Omniglot folder (default: $METALEARN_DATA or "
+                                "../shared/data/omniglot)")
     parser.add_argument("--test-time-rotations", action="store_true",
                         help="serve the backbone as a rotation ensemble (4 passes per image, fewer errors)")
     args = parser.parse_args(argv)

@@ -23,7 +23,6 @@ writes ``<repository>/<name>/<version>/`` holding
 """
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 from pathlib import Path
@@ -33,7 +32,8 @@ import torch
 
 from metalearn import calibration, clinc
 from metalearn.evaluate_text import COLUMNS
-from metalearn.export import export_heads, export_onnx, next_version, served_defaults
+from metalearn.export import (export_heads, export_onnx, exporter_arguments, next_version, served_defaults,
+                              write_version)
 from metalearn.minilm import load_pretrained
 from metalearn.text_encoding import make_tokenizer, onnx_embedder
 from metalearn.train_text import prototype_accuracy
@@ -174,19 +174,13 @@ def export(checkpoint_path: Path, repository: Path, name: str, version: str | No
             "adaptation": adaptation,
         },
     }
-    (directory / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    card = model_card(name, directory.name, checkpoint, config, clinc.file_sha256(data_directory), quantization)
-    (directory / "MODEL_CARD.md").write_text(card)
-    return directory
+    return write_version(directory, config, model_card(name, directory.name, checkpoint, config,
+                                                       clinc.file_sha256(data_directory), quantization))
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", type=Path, required=True)
-    parser.add_argument("--repository", type=Path, required=True, help="model repository folder")
-    parser.add_argument("--name", default="text-minilm")
-    parser.add_argument("--version", help="default: one above the highest version present")
-    parser.add_argument("--data", help="CLINC150 folder (default: $METALEARN_CLINC_DATA or ../shared/data/clinc150)")
+    parser = exporter_arguments(__doc__, "text-minilm", "CLINC150 folder (default: $METALEARN_CLINC_DATA or "
+                                "../shared/data/clinc150)")
     parser.add_argument("--max-quantization-loss", type=float, default=0.01,
                         help="largest drop of validation 5-way 1-shot accuracy int8 may cost (default 0.01)")
     parser.add_argument("--threads", type=int, default=2)
