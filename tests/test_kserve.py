@@ -181,3 +181,30 @@ def test_bad_inference_requests_are_invalid_argument(kserve, episode, how, messa
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in error.value.details()
     assert kserve.ServerLive(pb.ServerLiveRequest(), timeout=10).live  # and the server keeps serving
+
+
+def test_outputs_are_checked_before_the_model_runs_and_only_those_asked_for_are_sent(kserve, episode):
+    support, queries = as_tensor(episode.support), as_tensor(episode.query)
+    request = infer_request(support, labels_of(episode, episode.support_labels), queries)
+
+    def counts() -> tuple[int, int]:
+        stats = [entry.inference_stats for entry in
+                 kserve.ModelStatistics(pb.ModelStatisticsRequest(name=MODEL), timeout=10).model_stats]
+        return sum(s.success.count for s in stats), sum(s.fail.count for s in stats)
+
+    before = counts()
+    request.outputs.add(name="SCORES")
+    request.outputs.add(name="LOGITS")
+    with pytest.raises(grpc.RpcError) as error:
+        kserve.ModelInfer(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "has no output 'LOGITS'" in error.value.details()
+    assert counts() == before  # refused before the model did any work
+
+    del request.outputs[1]
+    request.outputs.add(name="LABELS")
+    answer = kserve.ModelInfer(request, timeout=30)
+    assert [output.name for output in answer.outputs] == ["SCORES", "LABELS"] and len(answer.raw_output_contents) == 2
+    scores = np.frombuffer(answer.raw_output_contents[0], "<f4").reshape(answer.outputs[0].shape)
+    assert scores.shape == (len(queries), len(set(episode.support_labels)))
+    assert len(decode_bytes(answer.raw_output_contents[1])) == len(queries)
+    assert counts() == (before[0] + 1, before[1])

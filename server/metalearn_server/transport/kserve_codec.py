@@ -36,6 +36,8 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import numpy as np
 from metalearn.kserve.v2 import grpc_service_pb2 as pb
@@ -74,6 +76,8 @@ PARAMETERS = {
 }
 
 FEWSHOT_INPUTS = ("SUPPORT", "SUPPORT_LABELS", "QUERY")
+FEWSHOT_OUTPUTS = ("SCORES", "CLASSES", "LABELS", "KNOWN_SCORE")
+EMBED_OUTPUTS = ("EMBEDDINGS",)
 #: Parameters Triton's clients add on their own (perf_analyzer always does): asking a decoupled model for an
 #: empty last response.  metalearn's models answer once per request, so, as Triton does for such models, it is
 #: accepted and changes nothing.
@@ -329,26 +333,37 @@ def bytes_output(elements: list[str] | tuple[str, ...]) -> Output:
     return Output("BYTES", (len(elements),), encode_bytes_elements(elements))
 
 
-def classification_outputs(result: Classification) -> dict[str, Output]:
+def _labels_output(result: Classification) -> Output:
     best = result.probabilities.argmax(axis=1)
-    labels = ["" if unknown else result.classes[i] for i, unknown in zip(best.tolist(), result.unknown.tolist())]
-    return {"SCORES": float_output(result.probabilities), "CLASSES": bytes_output(result.classes),
-            "LABELS": bytes_output(labels), "KNOWN_SCORE": float_output(result.known)}
+    return bytes_output(["" if unknown else result.classes[i]
+                         for i, unknown in zip(best.tolist(), result.unknown.tolist())])
 
 
-def infer_response(request: pb.ModelInferRequest, model_name: str, version: str,
-                   outputs: dict[str, Output]) -> pb.ModelInferResponse:
-    """The requested outputs (all, if none were named), in the order asked for."""
+def classification_outputs(result: Classification) -> dict[str, Callable[[], Output]]:
+    """Each output's encoder, so that an answer encodes only what its request asked for."""
+    return {"SCORES": partial(float_output, result.probabilities), "CLASSES": partial(bytes_output, result.classes),
+            "LABELS": partial(_labels_output, result), "KNOWN_SCORE": partial(float_output, result.known)}
+
+
+def requested_outputs(request: pb.ModelInferRequest, embed: bool) -> tuple[str, ...]:
+    """The outputs the request names (all of the model's, if none), checked before any model work."""
+    available = EMBED_OUTPUTS if embed else FEWSHOT_OUTPUTS
     for wanted in request.outputs:
-        if wanted.name not in outputs:
+        if wanted.name not in available:
             raise InvalidArgument(f"model {excerpt(request.model_name, quote=False)} has no output {excerpt(wanted.name)}; "
-                                  f"it has {', '.join(outputs)}")
+                                  f"it has {', '.join(available)}")
         if wanted.parameters:
             raise InvalidArgument(f"output {wanted.name}: output parameters "
                                   f"({', '.join(sorted(wanted.parameters))}) are not supported")
-    names = [wanted.name for wanted in request.outputs] or list(outputs)
+    return tuple(wanted.name for wanted in request.outputs) or available
+
+
+def infer_response(request: pb.ModelInferRequest, model_name: str, version: str, names: tuple[str, ...],
+                   encoders: dict[str, Callable[[], Output]]) -> pb.ModelInferResponse:
+    """The outputs ``names`` (from :func:`requested_outputs`), in that order."""
+    outputs = [encoders[name]() for name in names]
     return pb.ModelInferResponse(
         model_name=model_name, model_version=version, id=request.id,
-        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=outputs[name].datatype,
-                                                         shape=outputs[name].shape) for name in names],
-        raw_output_contents=[outputs[name].raw for name in names])
+        outputs=[pb.ModelInferResponse.InferOutputTensor(name=name, datatype=output.datatype, shape=output.shape)
+                 for name, output in zip(names, outputs)],
+        raw_output_contents=[output.raw for output in outputs])

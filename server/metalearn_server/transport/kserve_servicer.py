@@ -6,6 +6,7 @@ as ``Classify`` and ``Embed``, so both protocols give the same answers).
 """
 from __future__ import annotations
 
+from functools import partial
 from importlib.metadata import PackageNotFoundError, version
 from typing import AsyncIterator, Callable
 
@@ -93,9 +94,11 @@ class KServeServicer(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request: pb.ModelInferRequest) -> pb.ModelInferResponse:
         name, embed = codec.split_model_name(request.model_name)
+        outputs = codec.requested_outputs(request, embed)
         if embed:
             model, embeddings = await self.dataplane.embed(name, request.model_version, codec.embed_items(request))
-            return codec.infer_response(request, model.name + codec.EMBED_SUFFIX, model.version,
-                                        {"EMBEDDINGS": codec.float_output(embeddings)})
+            return codec.infer_response(request, model.name + codec.EMBED_SUFFIX, model.version, outputs,
+                                        {"EMBEDDINGS": partial(codec.float_output, embeddings)})
         result = await self.dataplane.classify(*codec.classify_request(request, name))
-        return codec.infer_response(request, result.model, result.model_version, codec.classification_outputs(result))
+        return codec.infer_response(request, result.model, result.model_version, outputs,
+                                    codec.classification_outputs(result))
