@@ -70,6 +70,9 @@ CONCURRENCY = (1, 4, 16, 64)
 #: Each eager call holds its activations (about 0.5 GB for v3's rotation-ensemble 20-way episode), so 64 peer
 #: calls at once exhaust a 24 GiB machine; the peer stops at 16 (its ratio is taken at concurrency 1).
 PEER_MAX_CONCURRENCY = 16
+#: Windows per cell of the Triton race, taken in turn with the peer's: on this shared host a cell-long slow
+#: spell moved one server's p50 by 10-40% (the limit's p50 read 31-59 ms on different evenings).
+RACE_ROUNDS = 3
 #: The checkout the bench runs in (`make bench`, `make test`): where `make dev` builds the peer's venv and
 #: whose metalearn/ sources that venv runs (this module may be imported from an installed copy).
 ROOT = Path.cwd()
@@ -335,17 +338,29 @@ def record(cells: list[Cell], cell: Cell) -> None:
           f"{cell.throughput:8.1f} req/s", flush=True)
 
 
+def pooled(loops: list[Loop]) -> Loop:
+    """Several windows of one closed loop as one: their latencies and answers over their summed time."""
+    return Loop([latency for loop in loops for latency in loop.latencies], sum(loop.completed for loop in loops),
+                sum(loop.seconds for loop in loops), sum(loop.elapsed for loop in loops))
+
+
 def race_triton(peer: TritonPeer, server: ServerProcess, model, shape: Shape, concurrency: tuple[int, ...],
                 seconds: float, warmup: float, cells: list[Cell]) -> None:
-    """metalearn's v2 endpoint and the Triton peer on one episode, the same tritonclient load, cell after cell."""
+    """metalearn's v2 endpoint and the Triton peer on one episode, the same tritonclient load: each cell's time
+    in :data:`RACE_ROUNDS` windows taken in turn (the order alternating), so a shared host's slow spells fall on both."""
     with tempfile.TemporaryDirectory() as folder:
         episode = save_episode(episode_arrays(shape), Path(folder) / "episode.npz")
         for c in concurrency:
             if c > PEER_MAX_CONCURRENCY:
                 continue
-            for system, target in (("metalearn-v2", server.target), ("triton", peer.target)):
-                record(cells, summarise(system, shape, c, tritonclient_load(target, model.name, episode, c, seconds,
-                                                                            warmup)))
+            systems = {"metalearn-v2": server.target, "triton": peer.target}
+            loops: dict[str, list[Loop]] = {system: [] for system in systems}
+            for round_ in range(RACE_ROUNDS):
+                for system in (reversed(systems) if round_ % 2 else systems):
+                    loops[system].append(tritonclient_load(systems[system], model.name, episode, c,
+                                                           seconds / RACE_ROUNDS, warmup))
+            for system, windows in loops.items():
+                record(cells, summarise(system, shape, c, pooled(windows)))
 
 
 def run(seconds: float, warmup: float, shapes: tuple[Shape, ...], concurrency: tuple[int, ...],

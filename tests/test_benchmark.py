@@ -101,3 +101,11 @@ def test_the_triton_peer_answers_what_metalearn_answers_through_the_same_client(
     finally:
         server.stop()
         peer.stop()
+
+
+def test_race_windows_pool_into_one_cell():
+    from metalearn.benchmark import Loop, pooled
+
+    loop = pooled([Loop([0.010, 0.030], 2, 1.0, 1.1), Loop([0.020], 1, 0.5, 0.6)])
+    assert sorted(loop.latencies) == [0.010, 0.020, 0.030] and loop.completed == 3
+    assert loop.throughput == 2.0 and abs(loop.elapsed - 1.7) < 1e-9
