@@ -347,18 +347,25 @@ def pooled(loops: list[Loop]) -> Loop:
 def race_triton(peer: TritonPeer, server: ServerProcess, model, shape: Shape, concurrency: tuple[int, ...],
                 seconds: float, warmup: float, cells: list[Cell]) -> None:
     """metalearn's v2 endpoint and the Triton peer on one episode, the same tritonclient load: each cell's time
-    in :data:`RACE_ROUNDS` windows taken in turn (the order alternating), so a shared host's slow spells fall on both."""
+    in :data:`RACE_ROUNDS` windows taken in turn (the order alternating), so a shared host's slow spells fall on
+    both.  The limit runs in the same windows (**limit-race**): no server answering over gRPC comes in under it,
+    so its ratio to the peer is the floor of metalearn's."""
+    arrays = episode_arrays(shape)
+    limit = limit_call(model, shape, arrays)
     with tempfile.TemporaryDirectory() as folder:
-        episode = save_episode(episode_arrays(shape), Path(folder) / "episode.npz")
+        episode = save_episode(arrays, Path(folder) / "episode.npz")
         for c in concurrency:
             if c > PEER_MAX_CONCURRENCY:
                 continue
-            systems = {"metalearn-v2": server.target, "triton": peer.target}
+            systems: dict[str, Callable[[float], Loop]] = {
+                "limit-race": lambda window: closed_loop(limit, c, window, warmup),
+                "metalearn-v2": lambda window: tritonclient_load(server.target, model.name, episode, c, window, warmup),
+                "triton": lambda window: tritonclient_load(peer.target, model.name, episode, c, window, warmup),
+            }
             loops: dict[str, list[Loop]] = {system: [] for system in systems}
             for round_ in range(RACE_ROUNDS):
                 for system in (reversed(systems) if round_ % 2 else systems):
-                    loops[system].append(tritonclient_load(systems[system], model.name, episode, c,
-                                                           seconds / RACE_ROUNDS, warmup))
+                    loops[system].append(systems[system](seconds / RACE_ROUNDS))
             for system, windows in loops.items():
                 record(cells, summarise(system, shape, c, pooled(windows)))
 
@@ -480,6 +487,8 @@ def triton_ratios(cells: list[Cell], target: Shape) -> dict:
                                             / cell(cells, "triton", target, 1).p50_ms),
         "metalearn_v2_throughput_c16_over_triton": (cell(cells, "metalearn-v2", target, 16).throughput
                                                     / cell(cells, "triton", target, 16).throughput),
+        "limit_p50_over_triton_c1": (cell(cells, "limit-race", target, 1).p50_ms
+                                     / cell(cells, "triton", target, 1).p50_ms),
     }
 
 
@@ -497,6 +506,8 @@ TARGETS = {
                                         "concurrency 1, same episode", "≤ 0.9"),
     "metalearn_v2_throughput_c16_over_triton": ("metalearn throughput / Triton peer throughput, concurrency 16",
                                                 "≥ 1"),
+    "limit_p50_over_triton_c1": ("limit p50 / Triton peer p50, concurrency 1, in the race's windows: the floor "
+                                 "of the first Triton ratio", "(shown)"),
 }
 
 

@@ -26,7 +26,8 @@ def test_quick_benchmark_writes_its_reports(tmp_path):
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert result["model"] == "omniglot-conv4 version 2"
     assert set(result["ratios"]) == set(TARGETS) - {"metalearn_v2_p50_over_triton_c1",
-                                                     "metalearn_v2_throughput_c16_over_triton"}
+                                                     "metalearn_v2_throughput_c16_over_triton",
+                                                     "limit_p50_over_triton_c1"}
     assert all(math.isfinite(value) for value in result["ratios"].values())
     systems = {(cell["system"], cell["concurrency"]) for cell in result["cells"]}
     assert {("limit", 1), ("metalearn", 16), ("peer", 1)} <= systems
