@@ -98,17 +98,14 @@ class DataPlane:
         convert = model.input.converter(self.limits)  # per request: images share one pixel budget
         counts = [items.count for items, _ in inputs]
         parts = model.batches(sum(counts))
-        chunks: list[np.ndarray] = []
-
-        def embed(part: slice) -> None:
-            chunks.append(self._embed_chunk(model, list(_pieces(inputs, part)), convert))
+        chunks = [await job.run(self._embed_chunk, model, list(_pieces(inputs, part)), convert) for part in parts[:-1]]
 
         def last() -> list[np.ndarray] | T:
-            embed(parts[-1])
+            chunks.append(self._embed_chunk(model, list(_pieces(inputs, parts[-1])), convert))
             embeddings = np.split(np.concatenate(chunks) if len(chunks) > 1 else chunks[0], np.cumsum(counts)[:-1])
             return then(*embeddings) if then else embeddings
 
-        return await job.run(*(partial(embed, part) for part in parts[:-1]), last)
+        return await job.run(last)
 
     def _embed_chunk(self, model: FewShotModel, pieces: list[Piece],
                      convert: Callable[[list[Piece]], dict[str, np.ndarray]]) -> np.ndarray:
@@ -154,14 +151,9 @@ class DataPlane:
                       first: Scores) -> Scores:
         """All the queries' scores: ``first``, the first part's, already scored with the embedding or the head,
         then one part per step (see FewShotModel.score_batches)."""
-        if len(parts) == 1:
+        scores = [first] + [await job.run(self._score, model, queries[part], head) for part in parts[1:]]
+        if len(scores) == 1:
             return first
-        scores = [first]
-
-        def score(part: slice) -> None:
-            scores.append(self._score(model, queries[part], head))
-
-        await job.run(*(partial(score, part) for part in parts[1:]))
         return Scores(np.concatenate([s.probabilities for s in scores]), np.concatenate([s.known for s in scores]))
 
     # -- RPCs ---------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Running a request's model work: admitted, in fair turns, stoppable between steps and inside them.
 
 The data plane opens a :class:`Job` per request (:meth:`ModelWork.job`) and
-runs the request's steps through :meth:`Job.run`: chunks of items to embed,
-the head, parts of the scoring.  Each step
+runs each step of the request through :meth:`Job.run`: a chunk of items to
+embed, the head, a part of the scoring.  Each step
 
 1. waits for one of the model's worker threads in its caller's fair turn
    (:mod:`fair_share`);
@@ -16,11 +16,7 @@ the head, parts of the scoring.  Each step
    (``RunOptions.terminate``) instead of running to completion.
 
 A worker is busy until its step is really done, not until the awaiting
-coroutine gives up, so cancelled work never overlaps the next step.  The steps
-of one :meth:`Job.run` go from worker to fair queue to worker without the
-event loop: the loop hears of the request again when its last step is done
-(each trip through the loop cost a request 0.1-0.3 ms, and a busy loop
-delayed the next step further).
+coroutine gives up, so cancelled work never overlaps the next step.
 """
 from __future__ import annotations
 
@@ -28,9 +24,8 @@ import asyncio
 import contextvars
 import threading
 import time
-from collections import deque
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Callable, TypeVar
+from typing import AsyncIterator, Callable, TypeVar
 
 import onnxruntime as ort
 
@@ -61,10 +56,9 @@ class Job:
             for options in self._running:
                 options.terminate = True
 
-    async def run(self, *steps: Callable[[], Any]) -> Any:
-        """The ``steps`` in turn, each in a worker thread in this request's fair turn; the last one's result.
-        The steps share their results through what they close over."""
-        waiting = _Steps(self, steps)
+    async def run(self, step: Callable[..., T], *args: object) -> T:
+        """``step(*args)`` in a worker thread, in this request's fair turn."""
+        waiting = _Step(self, step, args)
         self._work.share.put(self.caller, waiting)
         try:
             return await waiting.future
@@ -72,7 +66,7 @@ class Job:
             self.cancel()
             raise
 
-    def in_thread(self, step: Callable[[], T]) -> T:
+    def in_thread(self, step: Callable[..., T], args: tuple) -> T:
         options = ort.RunOptions()
         with self._lock:
             if self.cancelled:
@@ -80,50 +74,38 @@ class Job:
             self._running.add(options)
         token = runtime.run_options.set(options)
         try:
-            return step()
+            return step(*args)
         finally:
             runtime.run_options.reset(token)
             with self._lock:
                 self._running.discard(options)
 
 
-class _Steps:
-    """The steps of one :meth:`Job.run` waiting for a worker, and the future its request awaits."""
+class _Step:
+    """A step waiting for a worker, and the future its request awaits."""
 
-    def __init__(self, job: Job, steps: tuple[Callable[[], Any], ...]) -> None:
-        self.job, self.steps = job, deque(steps)
+    def __init__(self, job: Job, step: Callable[..., object], args: tuple) -> None:
+        self.job, self.step, self.args = job, step, args
         self.loop = asyncio.get_running_loop()
         self.future: asyncio.Future = self.loop.create_future()
         self.context = contextvars.copy_context()
         self.queued = time.monotonic()
 
-    @property
-    def pending(self) -> bool:
-        """Steps are left: the worker puts this back in the fair queue instead of answering the request."""
-        return bool(self.steps)
-
     def run(self) -> float:
-        """Run the next step in a worker thread, and settle the future after the last (or a failed) one;
-        the model seconds it took."""
+        """Run in a worker thread and settle the future; the model seconds it took."""
         job = self.job
         job.waited += time.monotonic() - self.queued
-        step = self.steps.popleft()
         if job.cancelled or (job.deadline is not None and time.monotonic() >= job.deadline):
-            self.steps.clear()
             self._settle(None, DeadlineExceeded(
                 "the request's deadline passed while it waited for the model; the rest of its work was dropped; "
                 "raise the deadline or lower the load"))
             return 0.0
         started = time.perf_counter()
         try:
-            result, error = self.context.run(job.in_thread, step), None
+            result, error = self.context.run(job.in_thread, self.step, self.args), None
         except Exception as failure:  # the request's error, raised where it awaits
-            self.steps.clear()
             result, error = None, failure
-        if self.steps:
-            self.queued = time.monotonic()
-        else:
-            self._settle(result, error)
+        self._settle(result, error)
         return time.perf_counter() - started
 
     def _settle(self, result: object, error: Exception | None) -> None:
@@ -147,7 +129,7 @@ class ModelWork:
     def __init__(self, workers: int, budget: Budget) -> None:
         self.workers = workers
         self.admission = Admission(budget)
-        self.share: FairShare[_Steps] = FairShare()
+        self.share: FairShare[_Step] = FairShare()
         self._jobs: set[Job] = set()
         self._threads = [threading.Thread(target=self._serve, name=f"model-{i}", daemon=True) for i in range(workers)]
         for thread in self._threads:
@@ -161,8 +143,6 @@ class ModelWork:
         while (taken := self.share.take()) is not None:
             caller, step = taken
             self.share.charge(caller, step.run())
-            if step.pending:  # its request's next step, in the caller's fair turn
-                self.share.put(caller, step)
 
     @asynccontextmanager
     async def job(self, items: int, nbytes: int) -> AsyncIterator[Job]:
