@@ -354,18 +354,18 @@ def race_triton(peer: TritonPeer, server: ServerProcess, model, shape: Shape, co
     limit = limit_call(model, shape, arrays)
     with tempfile.TemporaryDirectory() as folder:
         episode = save_episode(arrays, Path(folder) / "episode.npz")
+        systems: dict[str, Callable[[int, float], Loop]] = {  # (concurrency, window seconds) → one window
+            "limit-race": lambda c, window: closed_loop(limit, c, window, warmup),
+            "metalearn-v2": lambda c, window: tritonclient_load(server.target, model.name, episode, c, window, warmup),
+            "triton": lambda c, window: tritonclient_load(peer.target, model.name, episode, c, window, warmup),
+        }
         for c in concurrency:
             if c > PEER_MAX_CONCURRENCY:
                 continue
-            systems: dict[str, Callable[[float], Loop]] = {
-                "limit-race": lambda window: closed_loop(limit, c, window, warmup),
-                "metalearn-v2": lambda window: tritonclient_load(server.target, model.name, episode, c, window, warmup),
-                "triton": lambda window: tritonclient_load(peer.target, model.name, episode, c, window, warmup),
-            }
             loops: dict[str, list[Loop]] = {system: [] for system in systems}
             for round_ in range(RACE_ROUNDS):
                 for system in (reversed(systems) if round_ % 2 else systems):
-                    loops[system].append(systems[system](seconds / RACE_ROUNDS))
+                    loops[system].append(systems[system](c, seconds / RACE_ROUNDS))
             for system, windows in loops.items():
                 record(cells, summarise(system, shape, c, pooled(windows)))
 

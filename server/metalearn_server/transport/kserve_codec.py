@@ -76,8 +76,6 @@ PARAMETERS = {
 }
 
 FEWSHOT_INPUTS = ("SUPPORT", "SUPPORT_LABELS", "QUERY")
-FEWSHOT_OUTPUTS = ("SCORES", "CLASSES", "LABELS", "KNOWN_SCORE")
-EMBED_OUTPUTS = ("EMBEDDINGS",)
 #: Parameters Triton's clients add on their own (perf_analyzer always does): asking a decoupled model for an
 #: empty last response.  metalearn's models answer once per request, so, as Triton does for such models, it is
 #: accepted and changes nothing.
@@ -91,6 +89,13 @@ class Tensor:
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+
+#: The few-shot model's outputs, the same for every model; the backbone model's one output is EMBEDDINGS.
+FEWSHOT_OUTPUT_TENSORS = (Tensor("SCORES", "FP32", (-1, -1)), Tensor("CLASSES", "BYTES", (-1,)),
+                          Tensor("LABELS", "BYTES", (-1,)), Tensor("KNOWN_SCORE", "FP32", (-1,)))
+FEWSHOT_OUTPUTS = tuple(tensor.name for tensor in FEWSHOT_OUTPUT_TENSORS)
+EMBED_OUTPUTS = ("EMBEDDINGS",)
 
 
 @dataclass(frozen=True)
@@ -118,11 +123,9 @@ def _tensors(model: FewShotModel, embed: bool) -> tuple[list[Tensor], list[Tenso
         item = (-1, *model.config.input_shape)
         datatype = DATATYPE[np.dtype(model.config.input_dtype).newbyteorder("<")]
     if embed:
-        return [Tensor("ITEMS", datatype, item)], [Tensor("EMBEDDINGS", "FP32", (-1, model.config.embedding_size))]
+        return [Tensor("ITEMS", datatype, item)], [Tensor(EMBED_OUTPUTS[0], "FP32", (-1, model.config.embedding_size))]
     return ([Tensor("SUPPORT", datatype, item), Tensor("SUPPORT_LABELS", "BYTES", (-1,)),
-             Tensor("QUERY", datatype, item)],
-            [Tensor("SCORES", "FP32", (-1, -1)), Tensor("CLASSES", "BYTES", (-1,)), Tensor("LABELS", "BYTES", (-1,)),
-             Tensor("KNOWN_SCORE", "FP32", (-1,))])
+             Tensor("QUERY", datatype, item)], list(FEWSHOT_OUTPUT_TENSORS))
 
 
 def model_metadata(model: FewShotModel, versions: list[str], embed: bool) -> pb.ModelMetadataResponse:
